@@ -1,0 +1,292 @@
+"""Typed run configuration: dataclass schema, YAML files, `key=value` overrides, validation.
+
+Plain YAML (PyYAML) + dataclasses rather than OmegaConf: OmegaConf resolves `${...}` inside strings (a prompt
+could read environment variables through `${oc.env:...}`), and the schema checks below are all we need.
+
+The schema below is the CPU default (what `dream3d generate "PROMPT"` runs with no --config). YAML files in
+`configs/` override parts of it, then `key=value` overrides apply. Unknown keys are errors that name the key and
+suggest the closest valid one. User text (prompts) is data: OmegaConf interpolation is never resolved, so
+`${...}` in a prompt stays literal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from dream3d.errors import ConfigError
+
+
+@dataclass
+class GeometryConfig:
+    bound: float = 1.0  # the object lives in [-bound, bound]^3
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 1.4472692374403782
+    encoding_backend: str = "auto"  # auto | cpp | cuda | tcnn | torch
+    mlp_width: int = 64
+    blob_density: float = 10.0
+    blob_radius: float = 0.5
+    normal_type: str = "finite_difference"  # finite_difference | analytic
+
+
+@dataclass
+class RenderConfig:
+    height: int = 32
+    width: int = 32
+    batch_size: int = 4  # views per optimisation step
+    samples_per_ray: int = 64
+    occupancy_resolution: int = 32
+    occupancy_update_every: int = 16
+    backend: str = "auto"  # auto | torch | nerfacc
+    # DreamFusion-style random shading: probabilities of albedo / lambertian / textureless per step
+    shading_probs: list[float] = field(default_factory=lambda: [0.2, 0.8, 0.0])
+    shading_warmup_steps: int = 100  # albedo only at the start, so colour is found before shape details
+    background: str = "white"  # white | mlp
+
+
+@dataclass
+class CameraConfig:
+    elevation_range: list[float] = field(default_factory=lambda: [-10.0, 75.0])
+    azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])
+    distance_range: list[float] = field(default_factory=lambda: [3.0, 3.0])
+    fov_range: list[float] = field(default_factory=lambda: [40.0, 40.0])
+
+
+@dataclass
+class GuidanceConfig:
+    method: str = "sds"  # sds | vsd | nfsd | ssd | cfd
+    guidance_scale: float = 10.0  # diffusers form: eps_u + s (eps_c - eps_u)
+    weighting: str = "sds"  # sds | uniform | fantasia3d | lambda
+    t_min: float = 0.02
+    t_max: float = 0.98
+    t_schedule: str = "step"  # constant | step | sqrt | linear
+    t_max_end: float = 0.5  # t_max after annealing (step: after t_anneal_fraction of the run)
+    t_anneal_fraction: float = 0.5
+    grad_clip: float = 0.0  # element-wise clamp of the guidance gradient; 0 disables
+    view_dependent: bool = True
+    negative_prompt: str = ""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.01
+    encoding_lr_multiplier: float = 1.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    opacity_sparsity: float = 0.0  # mean opacity penalty (fights halos)
+    opacity_entropy: float = 0.0  # binary entropy of opacity (pushes towards 0/1)
+    orientation: float = 0.0  # DreamFusion orientation loss on normals facing away from the camera
+
+
+@dataclass
+class ExportConfig:
+    enabled: bool = True
+    formats: list[str] = field(default_factory=lambda: ["glb", "obj"])
+    resolution: int = 256
+    texture_size: int = 1024
+    turntable: bool = True
+    turntable_frames: int = 36
+    turntable_resolution: int = 128
+
+
+@dataclass
+class RunConfig:
+    prompt: str = "a red cube"
+    prior: str = ""  # hub id or local folder; empty = the bundled shapes prior
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    steps: int = 1200
+    checkpoint_every: int = 200
+    preview_every: int = 100
+    name: str = ""  # run folder name; empty = derived from the prompt
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "geometry.encoding_backend": ("auto", "cpp", "cuda", "tcnn", "torch"),
+    "geometry.normal_type": ("finite_difference", "analytic"),
+    "render.backend": ("auto", "torch", "nerfacc"),
+    "render.background": ("white", "mlp"),
+    "guidance.method": ("sds", "vsd", "nfsd", "ssd", "cfd"),
+    "guidance.weighting": ("sds", "uniform", "fantasia3d", "lambda"),
+    "guidance.t_schedule": ("constant", "step", "sqrt", "linear"),
+}
+
+
+def _keys(cls, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        t = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(t):
+            out += _keys(t, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def valid_keys() -> list[str]:
+    """Every dotted config key, e.g. 'guidance.guidance_scale'."""
+    return _keys(RunConfig)
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    keys = valid_keys()
+    tail = {k.split(".")[-1]: k for k in keys}
+    name = key.split(".")[-1]
+    if name in tail:  # right name, wrong section ("guidance_scale" -> "guidance.guidance_scale")
+        close = [tail[name]]
+    else:
+        close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(value, typ, key: str):
+    """Check/convert one value to the schema type (int->float allowed; lists element-wise)."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        (inner,) = typing.get_args(typ)
+        return [_coerce(v, inner, key) for v in value]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}' expects text, got {value!r}")
+    raise TypeError(f"unsupported schema type {typ} for {key}")
+
+
+def _apply(obj, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in hints:
+            raise _unknown_key_error(key)
+        t = hints[k]
+        if dataclasses.is_dataclass(t):
+            _apply(getattr(obj, k), v, key + ".")
+        else:
+            setattr(obj, k, _coerce(v, t, key))
+
+
+def _parse_override(item: str) -> tuple[str, object]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the text as is
+    if isinstance(value, (dict,)) or value is None:
+        value = raw
+    return key, value
+
+
+def _nest(key: str, value) -> dict:
+    d: dict = value
+    for part in reversed(key.split(".")):
+        d = {part: d}
+    return d
+
+
+def load_config(config_file: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Defaults <- YAML file <- `key=value` overrides, validated. Raises ConfigError on any mistake."""
+    cfg = RunConfig()
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        _apply(cfg, data)
+    for item in overrides:
+        key, value = _parse_override(item)
+        if key.endswith("prompt") and not isinstance(value, str):
+            value = item.split("=", 1)[1]  # prompts are text, whatever they look like
+        _apply(cfg, _nest(key, value))
+    validate(cfg)
+    return cfg
+
+
+def get(cfg: RunConfig, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks beyond types; raises ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        v = get(cfg, key)
+        if v not in allowed:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {v!r}")
+    positive = ["steps", "render.height", "render.width", "render.batch_size", "render.samples_per_ray",
+                "render.occupancy_resolution", "checkpoint_every", "preview_every", "export.resolution",
+                "export.texture_size", "geometry.n_levels", "geometry.mlp_width"]
+    for key in positive:
+        if get(cfg, key) <= 0:
+            raise ConfigError(f"config key '{key}' must be positive; got {get(cfg, key)!r}")
+    g = cfg.guidance
+    if not (0.0 <= g.t_min < g.t_max <= 1.0):
+        raise ConfigError(f"guidance.t_min/t_max must satisfy 0 <= t_min < t_max <= 1; got {g.t_min}, {g.t_max}")
+    probs = cfg.render.shading_probs
+    if len(probs) != 3 or any(p < 0 for p in probs) or sum(probs) <= 0:
+        raise ConfigError("render.shading_probs must be 3 non-negative numbers (albedo, lambertian, textureless)")
+    for fmt in cfg.export.formats:
+        if fmt not in ("glb", "obj"):
+            raise ConfigError(f"export.formats: unknown format {fmt!r}; use glb and/or obj")
+    for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fov_range"):
+        v = get(cfg, key)
+        if len(v) != 2 or v[0] > v[1]:
+            raise ConfigError(f"config key '{key}' must be [low, high] with low <= high; got {v!r}")
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (reloadable with `load_config`)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

@@ -1,0 +1,13 @@
+"""Score-distillation guidance methods and the pieces they share (timesteps, weighting, CFG, loss trick)."""
+
+from __future__ import annotations
+
+from dream3d.guidance.base import Guidance, GuidanceOut
+from dream3d.guidance.cfg import cfg_combine, predict_branches
+from dream3d.guidance.loss import grad_loss, prepare_grad, scheduled_value
+from dream3d.guidance.sds import SDSGuidance
+from dream3d.guidance.timesteps import TimestepSchedule
+from dream3d.guidance.weighting import WEIGHTINGS, weight
+
+__all__ = ["Guidance", "GuidanceOut", "SDSGuidance", "TimestepSchedule", "WEIGHTINGS", "cfg_combine",
+           "grad_loss", "predict_branches", "prepare_grad", "scheduled_value", "weight"]

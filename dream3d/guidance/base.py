@@ -1,0 +1,91 @@
+"""What every guidance method shares: the output type, the call contract, prompts, noise and RNG state.
+
+A guidance method is called as `guidance(rgb, batch, step) -> GuidanceOut`:
+- rgb: (B,3,H,W) renders in [0,1] (differentiable);
+- batch: dict with
+    "prompt" (str, view-independent), "negative_prompt" (str, default ""), "cameras" (`Cameras`, optional in 2D),
+    "view_dependent" (bool, default False: append `view_suffixes(cameras)` to the prompt, per sample),
+    "total_steps" (int; needed by deterministic timestep schedules), plus method-specific extras;
+- step: the optimization step (0-based).
+`loss.backward()` delivers ∂/∂rgb; the prior never receives gradients.
+
+The prior is duck-typed: anything with `encode_text`, `encode_images`, `eps`, `alphas_cumprod`,
+`num_train_timesteps` (and optionally `kind`, `recommended_cfg`) works, e.g. analytic denoisers in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dream3d.cameras import view_suffixes
+from dream3d.errors import PromptError
+
+
+@dataclass
+class GuidanceOut:
+    """loss: scalar to back-propagate; info: plain floats for logs/metrics (t, w, grad_norm, ...)."""
+
+    loss: torch.Tensor
+    info: dict[str, float] = field(default_factory=dict)
+
+
+class Guidance:
+    """Base class. Owns the prior and a CPU `torch.Generator` for timesteps and noise (seeded, checkpointed)."""
+
+    def __init__(self, prior: Any, seed: int | None = 0):
+        self.prior = prior
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(int(seed))
+
+    def __call__(self, rgb: torch.Tensor, batch: dict, step: int) -> GuidanceOut:
+        raise NotImplementedError
+
+    # --- trainable parts and checkpoint state -----------------------------------------------------------------
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Trainable tensors owned by the method (none for SDS)."""
+        return []
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors to checkpoint (safetensors-compatible): the RNG state, plus subclass state."""
+        return {"rng_state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what `state_dict` returned, so a resumed run draws the same t and ε."""
+        self.generator.set_state(state["rng_state"].detach().to("cpu", torch.uint8))
+
+    # --- shared helpers ---------------------------------------------------------------------------------------
+    @staticmethod
+    def prompts(batch: dict, n: int) -> tuple[list[str], list[str]]:
+        """(conditional prompts, negative prompts), n each; view suffixes appended to the former if asked."""
+        prompt = batch["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise PromptError("the prompt is empty")
+        cond = [prompt] * n
+        if batch.get("view_dependent", False):
+            cams = batch.get("cameras")
+            if cams is None:
+                raise ValueError("view_dependent prompts need batch['cameras']")
+            if len(cams) != n:
+                raise ValueError(f"{len(cams)} cameras for {n} images")
+            cond = [prompt + s for s in view_suffixes(cams)]
+        return cond, [batch.get("negative_prompt", "") or ""] * n
+
+    def text_embeddings(self, batch: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cond, uncond) embeddings, each (n, L, D), from the prior's per-prompt cache."""
+        cond, neg = self.prompts(batch, n)
+        return self.prior.encode_text(cond), self.prior.encode_text(neg)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise shaped like x, drawn on the CPU generator (device-independent), on x's device."""
+        return torch.randn(x.shape, generator=self.generator, dtype=torch.float32).to(x.device, x.dtype)
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α_t, σ_t), each (B,) fp32, for integer timesteps t (B,)."""
+        abar = self.prior.alphas_cumprod[t.to(self.prior.alphas_cumprod.device)]
+        return abar.sqrt(), (1.0 - abar).sqrt()

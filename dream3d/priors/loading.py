@@ -1,0 +1,111 @@
+"""Reading a diffusers-layout prior folder (local or hub id): model_index.json, components, dream3d metadata.
+
+Every component is loaded with its library's own `from_pretrained(name_or_path, subfolder=component)`, so hub
+ids download exactly like diffusers pipelines do. Only the components a prior needs are loaded; the rest of
+model_index.json (safety checker, feature extractor, watermarker, ...) is ignored.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dream3d.errors import ModelLoadError
+
+NEEDED = ("tokenizer", "text_encoder", "unet", "scheduler")
+OPTIONAL = ("vae",)
+METADATA_FILE = "dream3d_prior.json"
+_LIBRARIES = ("diffusers", "transformers")
+
+
+def fail(name: str, reason: str) -> ModelLoadError:
+    """The one-line error for a prior that cannot be loaded."""
+    reason = " ".join(str(reason).split()) or "unknown error"
+    if len(reason) > 300:
+        reason = reason[:297] + "..."
+    return ModelLoadError(f"cannot load prior '{name}': {reason}")
+
+
+def looks_like_path(name: str) -> bool:
+    """True when `name` is meant as a filesystem path rather than a hub id ("owner/model")."""
+    return (name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+            or Path(name).expanduser().exists())
+
+
+def _read_json_file(name: str, filename: str, local: bool, required: bool) -> dict | None:
+    if local:
+        path = Path(name).expanduser() / filename
+        if not path.is_file():
+            return None
+        text = path.read_text()
+    else:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            text = Path(hf_hub_download(name, filename)).read_text()
+        except Exception as e:  # network, missing repo, missing file
+            if required:
+                raise fail(name, f"{type(e).__name__}: {e}") from None
+            return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise fail(name, f"{filename} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise fail(name, f"{filename} is not a JSON object")
+    return data
+
+
+def read_index(name: str) -> tuple[dict, dict, bool]:
+    """(model_index, dream3d metadata, is_local) for a folder or hub id; ModelLoadError when unusable."""
+    local = looks_like_path(name)
+    if local:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise fail(name, "no such folder")
+    elif "/" not in name:
+        raise fail(name, "no such folder (hub ids look like 'owner/name')")
+    index = _read_json_file(name, "model_index.json", local, required=True)
+    if index is None:
+        raise fail(name, "the folder has no model_index.json (not a diffusers model folder)")
+    meta = _read_json_file(name, METADATA_FILE, local, required=False) or {}
+    if "text_encoder_2" in index:
+        raise fail(name, "models with two text encoders (SDXL-style) are not supported; use an SD 1.x/2.x, "
+                         "DeepFloyd IF stage I, or dream3d shapes prior")
+    missing = [c for c in NEEDED if not _spec(index, c)]
+    if missing:
+        raise fail(name, f"model_index.json has no {', '.join(repr(m) for m in missing)} component")
+    return index, meta, local
+
+
+def _spec(index: dict, component: str) -> tuple[str, str] | None:
+    spec = index.get(component)
+    if isinstance(spec, (list, tuple)) and len(spec) == 2 and all(isinstance(s, str) for s in spec):
+        return spec[0], spec[1]
+    return None
+
+
+def load_component(name: str, index: dict, component: str, dtype: torch.dtype | None) -> Any:
+    """Instantiate one component via `<library>.<Class>.from_pretrained(name, subfolder=component)`.
+
+    dtype applies to torch modules only (diffusers takes `torch_dtype`, transformers `dtype`).
+    """
+    library, class_name = _spec(index, component)  # type: ignore[misc]
+    if library not in _LIBRARIES:
+        raise fail(name, f"component '{component}' comes from unsupported library '{library}'")
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if cls is None:
+        raise fail(name, f"{library} has no class {class_name} (component '{component}'); "
+                         f"upgrade {library}?")
+    kwargs: dict[str, Any] = {"subfolder": component}
+    if dtype is not None and isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+        kwargs["torch_dtype" if library == "diffusers" else "dtype"] = dtype
+    try:
+        return cls.from_pretrained(os.fspath(Path(name).expanduser()) if looks_like_path(name) else name, **kwargs)
+    except Exception as e:  # missing files, bad configs, network, ...
+        raise fail(name, f"component '{component}' ({class_name}): {type(e).__name__}: {e}") from None

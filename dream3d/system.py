@@ -1,0 +1,55 @@
+"""Wiring: build the geometry, renderer, prior and guidance that a `RunConfig` describes."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from dream3d.config import RunConfig
+from dream3d.errors import ConfigError
+
+log = logging.getLogger("dream3d")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def build_renderer(cfg: RunConfig):
+    """The NeRF geometry + background inside a VolumeRenderer (on the CPU; move it with `.to(device)`)."""
+    from dream3d.geometry.background import MLPBackground, SolidBackground
+    from dream3d.geometry.implicit_volume import ImplicitVolume
+    from dream3d.render.volume import VolumeRenderer
+
+    g = cfg.geometry
+    geometry = ImplicitVolume(bound=g.bound, n_levels=g.n_levels, n_features_per_level=g.n_features_per_level,
+                              log2_hashmap_size=g.log2_hashmap_size, base_resolution=g.base_resolution,
+                              per_level_scale=g.per_level_scale, mlp_width=g.mlp_width,
+                              blob_density=g.blob_density, blob_radius=g.blob_radius, normal_type=g.normal_type,
+                              encoding_backend=g.encoding_backend)
+    background = SolidBackground() if cfg.render.background == "white" else MLPBackground()
+    r = cfg.render
+    return VolumeRenderer(geometry, background, num_samples_per_ray=r.samples_per_ray,
+                          grid_resolution=r.occupancy_resolution, occ_update_every=r.occupancy_update_every,
+                          backend=r.backend)
+
+
+def build_guidance(cfg: RunConfig, prior):
+    """The guidance method named by `cfg.guidance.method`, with the shared schedule/weighting settings."""
+    from dream3d.guidance.sds import SDSGuidance
+
+    g = cfg.guidance
+    common = dict(guidance_scale=g.guidance_scale, weighting=g.weighting, t_min=g.t_min, t_max=g.t_max,
+                  t_schedule=g.t_schedule, t_max2=g.t_max_end, t_anneal_step=int(g.t_anneal_fraction * cfg.steps),
+                  grad_clip=g.grad_clip or None, seed=cfg.seed)
+    methods = {"sds": SDSGuidance}
+    if g.method not in methods:
+        raise ConfigError(f"guidance method '{g.method}' is not available in this version; "
+                          f"available: {', '.join(methods)}")
+    return methods[g.method](prior, **common)
