@@ -69,8 +69,8 @@ def _grid_silhouettes(resolution: int) -> torch.Tensor:
     cams = make_cameras(ee.reshape(-1), aa.reshape(-1))
     sil = []
     for s in SHAPES:
-        _, mask = render_shapes([s] * len(cams), ["red"] * len(cams), cams, resolution)
-        sil.append(mask[:, 0] > 0.5)
+        gt, _ = render_shapes([s] * len(cams), ["red"] * len(cams), cams, resolution)
+        sil.append(foreground_mask(gt))
     return torch.stack(sil)  # (S, V, H, W)
 
 
@@ -80,9 +80,9 @@ def classify_shape(rgb: torch.Tensor, cams: Cameras | None = None) -> tuple[list
     fg = foreground_mask(rgb)
     if cams is not None:
         own = []
-        for s in SHAPES:
-            _, mask = render_shapes([s] * len(cams), ["red"] * len(cams), cams, res)
-            own.append(silhouette_iou(fg, mask[:, 0] > 0.5))
+        for s in SHAPES:  # the same foreground rule on both sides (edge pixels count alike)
+            gt, _ = render_shapes([s] * len(cams), ["red"] * len(cams), cams, res)
+            own.append(silhouette_iou(fg, foreground_mask(gt)))
         scores = torch.stack(own, 1)
     else:
         grid = _grid_silhouettes(res)  # (S,V,H,W)

@@ -1,0 +1,28 @@
+# Two entry points do all the set-up on a fresh machine (see README.md):
+#   make run    - create .venv, install dream3d (CPU torch), generate the default prompt with the bundled prior
+#   make test   - create .venv, install dream3d + test tools, run the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROMPT ?= a red cube
+TORCH ?= torch==2.13.0
+
+$(BIN)/dream3d: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU build of torch first, so that nothing pulls a multi-GB CUDA build on a machine without a GPU
+	$(BIN)/pip install -q "$(TORCH)" || $(BIN)/pip install -q "$(TORCH)" --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.cache/node/node_modules/gltf-validator/package.json:
+	npm install --silent --prefix .cache/node gltf-validator@2
+
+.PHONY: install run test
+install: $(BIN)/dream3d
+
+run: $(BIN)/dream3d
+	$(BIN)/dream3d generate "$(PROMPT)"
+
+test: $(BIN)/dream3d .cache/node/node_modules/gltf-validator/package.json
+	$(BIN)/python -m pytest -q

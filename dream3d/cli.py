@@ -1,0 +1,271 @@
+"""`dream3d` command line: generate | prior train|sample|eval | bench | export.
+
+User mistakes print one line (`dream3d: error: ...`) and exit 2. `generate` prints the run folder as the last
+line of stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from dream3d.errors import Dream3DError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _quiet_libraries() -> None:
+    """Keep diffusers/transformers load chatter (progress bars, advisory warnings) off the terminal."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import warnings
+    warnings.filterwarnings("ignore", message=".*low_cpu_mem_usage.*")
+    try:
+        import transformers
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+        import diffusers
+        diffusers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - only cosmetics
+        pass
+
+
+def _progress_events(total_label: str = "generate"):
+    """An event callback drawing a tqdm bar on stderr from trainer events."""
+    from tqdm import tqdm
+
+    state = {"bar": None}
+
+    def on_event(e: dict) -> None:
+        if e["type"] == "start":
+            state["bar"] = tqdm(total=e["steps"], initial=e["step"], desc=total_label, file=sys.stderr,
+                                dynamic_ncols=True, disable=None)
+        elif e["type"] == "step" and state["bar"] is not None:
+            state["bar"].update(1)
+            state["bar"].set_postfix(loss=f"{e.get('loss', float('nan')):.3g}", t=int(e.get("t", 0)))
+        elif e["type"] in ("done", "stopped") and state["bar"] is not None:
+            state["bar"].close()
+
+    return on_event
+
+
+# --- commands --------------------------------------------------------------------------------------------------
+_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def split_words(words: list[str]) -> tuple[list[str], list[str]]:
+    """(free text words, key=value overrides) of a positional word list."""
+    over = [w for w in words if _OVERRIDE.match(w)]
+    return [w for w in words if not _OVERRIDE.match(w)], over
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from dream3d.config import load_config
+    from dream3d.trainer import Trainer, default_run_dir, resume_config
+
+    texts, a.overrides = split_words(a.words)
+    if len(texts) > 1:
+        raise Dream3DError(f"give one prompt in quotes, e.g. dream3d generate \"a red cube\"; got {len(texts)} words")
+    a.prompt = texts[0] if texts else None
+    if a.resume:
+        run_dir = Path(a.resume)
+        cfg = resume_config(run_dir)
+        if a.steps is not None:
+            cfg.steps = a.steps
+    else:
+        if a.prompt is None:
+            raise Dream3DError("give a prompt, e.g. dream3d generate \"a red cube\" (or --resume RUN_DIR)")
+        overrides = list(a.overrides)
+        for key, value in (("prior", a.prior), ("seed", a.seed), ("steps", a.steps), ("device", a.device)):
+            if value is not None:
+                overrides.append(f"{key}={value}")
+        cfg = load_config(a.config, overrides)
+        cfg.prompt = a.prompt  # data, never parsed as YAML or interpolated
+        if not cfg.prompt.strip():
+            raise Dream3DError("the prompt is empty; try for example 'a red cube'")
+        run_dir = Path(a.out) if a.out else default_run_dir(cfg)
+    trainer = Trainer(cfg, run_dir, events=_progress_events())
+    state = trainer.train()
+    if state == "done" and cfg.export.enabled:
+        from dream3d.export_run import export_run
+        export_run(run_dir, trainer=trainer, log=lambda m: print(m, file=sys.stderr))
+    print(run_dir)
+    return 0 if state == "done" else EXIT_INTERRUPTED
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from dream3d.export_run import export_run
+
+    formats = [f.strip() for f in a.format.split(",") if f.strip()]
+    export_run(Path(a.run_dir), formats=formats, resolution=a.resolution, texture_size=a.texture,
+               turntable=not a.no_turntable, log=lambda m: print(m, file=sys.stderr))
+    print(Path(a.run_dir) / "export")
+    return 0
+
+
+def cmd_prior_train(a: argparse.Namespace) -> int:
+    from dream3d.priors.shapes_prior_train import train_shapes_prior
+
+    out = train_shapes_prior(a.out, steps=a.steps, resolution=a.resolution, batch=a.batch, seed=a.seed, lr=a.lr,
+                             device=a.device, checkpoint_every=a.checkpoint_every, max_minutes=a.max_minutes)
+    print(out)
+    return 0
+
+
+def cmd_prior_sample(a: argparse.Namespace) -> int:
+    from dream3d.prior_tools import prior_sample
+
+    print(prior_sample(a.prompt, a.out, n=a.n, steps=a.steps, cfg=a.cfg, prior_name=a.prior, seed=a.seed,
+                       device=_device(a.device)))
+    return 0
+
+
+def cmd_prior_eval(a: argparse.Namespace) -> int:
+    from dream3d.prior_tools import format_eval_table, prior_eval
+
+    result = prior_eval(a.prior, n=a.n, steps=a.steps, cfg=a.cfg, seed=a.seed, device=_device(a.device),
+                        json_path=a.json, grid_path=a.grid)
+    print(format_eval_table(result))
+    return 0
+
+
+def cmd_bench_hashgrid(a: argparse.Namespace) -> int:
+    from dream3d.bench_hashgrid import bench_hashgrid
+
+    bench_hashgrid(points=a.points, levels=a.levels, json_path=a.json, device=a.device)
+    return 0
+
+
+def cmd_bench_shapes(a: argparse.Namespace) -> int:
+    from dream3d.bench_shapes import bench_shapes
+
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    try:
+        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise Dream3DError(f"--seeds takes comma-separated integers, got {a.seeds!r}") from None
+    texts, a.overrides = split_words(a.words)
+    if texts:
+        raise Dream3DError(f"unexpected argument {texts[0]!r}; overrides look like key=value")
+    bench_shapes(methods, prompts_file=a.prompts, seeds=seeds, steps=a.steps, json_path=a.json, config=a.config,
+                 out_root=a.out, overrides=a.overrides)
+    return 0
+
+
+def _device(name: str) -> str:
+    from dream3d.system import resolve_device
+    return str(resolve_device(name))
+
+
+# --- parser ----------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dream3d", description="Text to 3D by score distillation.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log backend choices and details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate a 3D asset from a prompt")
+    g.add_argument("words", nargs="*", metavar="PROMPT [key=value ...]",
+                   help='the text prompt, e.g. "a red cube", then config overrides such as guidance.guidance_scale=7.5')
+    g.add_argument("--config", help="YAML config file (see configs/)")
+    g.add_argument("--prior", help="diffusers folder or hub id (default: the bundled shapes prior)")
+    g.add_argument("--out", help="run folder (default: outputs/<prompt>-s<seed>-<time>)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--steps", type=int)
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("export", help="export a run's mesh (GLB/OBJ) and turntable video")
+    e.add_argument("run_dir")
+    e.add_argument("--format", default="glb,obj", help="comma-separated: glb,obj")
+    e.add_argument("--resolution", type=int, default=256, help="marching-cubes grid resolution")
+    e.add_argument("--texture", type=int, default=1024, help="texture size in pixels")
+    e.add_argument("--no-turntable", action="store_true", help="skip the turntable video")
+    e.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("prior", help="train, sample or evaluate the bundled shapes prior").add_subparsers(
+        dest="prior_command", required=True)
+    t = pr.add_parser("train", help="train the shapes prior (resumes from OUT/train_state)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--steps", type=int, default=20000)
+    t.add_argument("--resolution", type=int, default=32)
+    t.add_argument("--batch", type=int, default=64)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    t.set_defaults(func=cmd_prior_train)
+    s = pr.add_parser("sample", help="sample a grid of images around the object")
+    s.add_argument("--prompt", required=True)
+    s.add_argument("--n", type=int, default=8)
+    s.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    s.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the prior's recommended)")
+    s.add_argument("--prior", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True, help="PNG path")
+    s.set_defaults(func=cmd_prior_sample)
+    ev = pr.add_parser("eval", help="score color and shape accuracy of a prior")
+    ev.add_argument("--prior", default=None)
+    ev.add_argument("--n", type=int, default=8, help="samples per (shape, color) prompt")
+    ev.add_argument("--steps", type=int, default=50)
+    ev.add_argument("--cfg", type=float, default=None)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", default=None)
+    ev.add_argument("--grid", default=None, help="also save all samples as a PNG grid")
+    ev.set_defaults(func=cmd_prior_eval)
+
+    b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    h = b.add_parser("hashgrid", help="hash-grid encoding speed per backend")
+    h.add_argument("--points", type=int, default=2**18)
+    h.add_argument("--levels", type=int, default=16)
+    h.add_argument("--json", default=None)
+    h.add_argument("--device", default="auto")
+    h.set_defaults(func=cmd_bench_hashgrid)
+    sh = b.add_parser("shapes", help="generation quality against the shapes world's ground truth")
+    sh.add_argument("--methods", default="sds")
+    sh.add_argument("--prompts", default=None, help="file with one prompt per line (default: every shape x 2 colors)")
+    sh.add_argument("--seeds", default="0,1")
+    sh.add_argument("--steps", type=int, default=None)
+    sh.add_argument("--config", default=None)
+    sh.add_argument("--out", default="outputs/bench")
+    sh.add_argument("--json", default=None)
+    sh.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
+    sh.set_defaults(func=cmd_bench_shapes)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a, extra = parser.parse_known_args(argv)
+    # positionals after options (dream3d generate --steps 5 "a red cube" k=v) land in `extra`
+    bad = [x for x in extra if x.startswith("-") or not hasattr(a, "words")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        a.words = list(a.words) + extra
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    _quiet_libraries()
+    try:
+        return a.func(a)
+    except Dream3DError as e:
+        print(f"dream3d: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dream3d: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

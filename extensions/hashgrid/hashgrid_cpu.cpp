@@ -1,0 +1,330 @@
+// Hash-grid encoding on the CPU (tiny-cuda-nn's definition): forward, and backward w.r.t. the table and the
+// inputs. OpenMP over points, levels one after another (one level's table stays in cache), level-major
+// scratch layouts (L, N, F) so every level reads/writes contiguous memory. The table gradient has no lock:
+// thread 0 accumulates into the output slice, the others into private buffers that are summed afterwards.
+#include <torch/extension.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "hashgrid_common.h"
+
+namespace {
+
+using hashgrid::Level;
+
+// Points per scheduling chunk: dynamic scheduling keeps all threads busy when cores are shared.
+constexpr int64_t kChunk = 2048;
+
+// Lower vertex, upper-vertex weights s_d and ds_d/dx_d of point `xp` in level `lv`.
+// pos = scale·x + 0.5 is formed exactly in double from the float operands and rounded once to float,
+// the same value as tcnn's fmaf(scale, x, 0.5f) (and as the torch reference).
+template <int D, bool SMOOTH>
+inline void locate(const float* xp, const Level& lv, uint32_t* base, float* s, float* dsdx) {
+  for (int d = 0; d < D; ++d) {
+    const float pos = static_cast<float>(static_cast<double>(lv.scale) * static_cast<double>(xp[d]) + 0.5);
+    const float fl = std::floor(pos);
+    base[d] = hashgrid::grid_coord(fl);
+    float ds;
+    hashgrid::interp_weight<SMOOTH>(pos - fl, s[d], ds);
+    dsdx[d] = ds * lv.scale;
+  }
+}
+
+// Points are handled in blocks of kBlock: a first pass locates every point of the block and prefetches its
+// 2^D table rows, a second pass reads them, so the random memory accesses overlap.
+constexpr int kBlock = 16;
+
+// Per-block scratch: lower-corner rows, upper weights and ds/dx of kBlock points.
+template <int D>
+struct Block {
+  uint32_t rows[kBlock][1 << D];
+  float s[kBlock][D];
+  float dsdx[kBlock][D];
+  int count;
+};
+
+template <int D, int F, bool SMOOTH>
+inline void locate_block(const float* x, int64_t i0, int64_t n, const Level& lv, const float* prefetch_base,
+                         bool prefetch_write, Block<D>& blk) {
+  blk.count = static_cast<int>(std::min<int64_t>(kBlock, n - i0));
+  for (int b = 0; b < blk.count; ++b) {
+    uint32_t base[D];
+    locate<D, SMOOTH>(x + (i0 + b) * D, lv, base, blk.s[b], blk.dsdx[b]);
+    hashgrid::corner_rows<D>(lv, base, blk.rows[b]);
+    for (int k = 0; k < (1 << D); ++k) {
+      const float* p = prefetch_base + static_cast<int64_t>(blk.rows[b][k]) * F;
+      if (prefetch_write) __builtin_prefetch(p, 1);
+      else __builtin_prefetch(p, 0);
+    }
+  }
+}
+
+// One level's forward, work-shared over the threads of the enclosing parallel region (no barrier after it:
+// levels write disjoint outputs). out_l: (N, F) slice of the level-major output.
+template <int D, int F, bool SMOOTH>
+void forward_level(const float* x, int64_t n, const float* params, const Level& lv, float* out_l) {
+  constexpr int K = 1 << D;
+  const float* table = params + static_cast<int64_t>(lv.offset) * F;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+#pragma omp for schedule(dynamic, kChunk / kBlock) nowait
+  for (int64_t bi = 0; bi < blocks; ++bi) {
+    Block<D> blk;
+    locate_block<D, F, SMOOTH>(x, bi * kBlock, n, lv, table, false, blk);
+    for (int b = 0; b < blk.count; ++b) {
+      float acc[F] = {};
+      for (int k = 0; k < K; ++k) {
+        const float w = hashgrid::corner_weight<D>(k, blk.s[b]);
+        const float* v = table + static_cast<int64_t>(blk.rows[b][k]) * F;
+        for (int f = 0; f < F; ++f) acc[f] += w * v[f];
+      }
+      float* o = out_l + (bi * kBlock + b) * F;
+      for (int f = 0; f < F; ++f) o[f] = acc[f];
+    }
+  }
+}
+
+// Backward of points [bi·kBlock, ...) of one level. g: this thread's table-gradient buffer for the level, or
+// null; gx: (N, D) accumulated, or null.
+template <int D, int F, bool SMOOTH>
+inline void backward_block(const float* x, int64_t bi, int64_t n, const float* table, const Level& lv,
+                           const float* gout_l, float* g, float* gx) {
+  constexpr int K = 1 << D;
+  Block<D> blk;
+  locate_block<D, F, SMOOTH>(x, bi * kBlock, n, lv, g ? g : table, g != nullptr, blk);
+  for (int b = 0; b < blk.count; ++b) {
+    const int64_t i = bi * kBlock + b;
+    const float* go = gout_l + i * F;
+    const float* s = blk.s[b];
+    const uint32_t* rows = blk.rows[b];
+    if (g) {
+      for (int k = 0; k < K; ++k) {
+        const float w = hashgrid::corner_weight<D>(k, s);
+        float* gp = g + static_cast<int64_t>(rows[k]) * F;
+        for (int f = 0; f < F; ++f) gp[f] += w * go[f];
+      }
+    }
+    if (gx) {
+      float dot[K];  // <dL/dy, corner value>
+      for (int k = 0; k < K; ++k) {
+        const float* v = table + static_cast<int64_t>(rows[k]) * F;
+        float acc = 0.0f;
+        for (int f = 0; f < F; ++f) acc += go[f] * v[f];
+        dot[k] = acc;
+      }
+      for (int d = 0; d < D; ++d) {
+        float acc = 0.0f;
+        for (int k = 0; k < K; ++k) acc += hashgrid::corner_weight_ds<D>(k, d, s) * dot[k];
+        gx[i * D + d] += acc * blk.dsdx[b][d];
+      }
+    }
+  }
+}
+
+// One level's backward, work-shared over the enclosing parallel region. Without an input gradient no barrier
+// follows (each thread owns its table-gradient buffer); with one, a barrier keeps a point's gx updates of
+// consecutive levels from overlapping.
+template <int D, int F, bool SMOOTH>
+void backward_level(const float* x, int64_t n, const float* params, const Level& lv, const float* gout_l, float* g,
+                    float* gx) {
+  const float* table = params + static_cast<int64_t>(lv.offset) * F;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  if (gx) {
+#pragma omp for schedule(dynamic, kChunk / kBlock)
+    for (int64_t bi = 0; bi < blocks; ++bi) backward_block<D, F, SMOOTH>(x, bi, n, table, lv, gout_l, g, gx);
+  } else {
+#pragma omp for schedule(dynamic, kChunk / kBlock) nowait
+    for (int64_t bi = 0; bi < blocks; ++bi) backward_block<D, F, SMOOTH>(x, bi, n, table, lv, gout_l, g, gx);
+  }
+}
+
+// Consecutive levels whose table gradients share one private buffer per thread: [first, last), rows.
+struct Group {
+  size_t first, last;
+  int64_t row0, rows;
+};
+
+// Groups of at most `cap_rows` rows (a single larger level forms its own group).
+std::vector<Group> make_groups(const std::vector<Level>& levels, int64_t cap_rows) {
+  std::vector<Group> groups;
+  for (size_t l = 0; l < levels.size(); ++l) {
+    const int64_t rows = levels[l].entries;
+    if (groups.empty() || groups.back().rows + rows > cap_rows) groups.push_back({l, l, levels[l].offset, 0});
+    groups.back().last = l + 1;
+    groups.back().rows += rows;
+  }
+  return groups;
+}
+
+// Private table-gradient buffers are capped at this many floats in all (default 2^24 = 64 MiB); with 2 threads
+// the whole default grid (12.6M floats) fits one group, so there is a single reduction.
+std::atomic<int64_t> g_scratch_floats{int64_t(1) << 24};
+
+void set_scratch_floats(int64_t floats) { g_scratch_floats = std::max<int64_t>(1, floats); }
+
+std::vector<Level> make_levels(const std::vector<double>& scales, const std::vector<int64_t>& res,
+                               const std::vector<int64_t>& entries, const std::vector<int64_t>& offsets,
+                               const std::vector<bool>& dense) {
+  const size_t L = scales.size();
+  TORCH_CHECK(res.size() == L && entries.size() == L && offsets.size() == L && dense.size() == L,
+              "hashgrid: level lists differ in length");
+  std::vector<Level> levels(L);
+  for (size_t l = 0; l < L; ++l) {
+    TORCH_CHECK(entries[l] > 0 && entries[l] <= (int64_t(1) << 31) && res[l] > 0, "hashgrid: bad level");
+    levels[l] = Level{static_cast<float>(scales[l]), static_cast<uint32_t>(res[l]),
+                      static_cast<uint32_t>(entries[l]), static_cast<uint32_t>(offsets[l]),
+                      dense[l] ? 1u : 0u};
+  }
+  return levels;
+}
+
+// Runs FUNC<D, F, SMOOTH>(args...) for the runtime (d, f, smooth); errors on an unsupported combination.
+#define HG_CASE_F(DD, FF, FUNC, ...)                                                      \
+  if (d == DD && f == FF) {                                                               \
+    smooth ? FUNC<DD, FF, true>(__VA_ARGS__) : FUNC<DD, FF, false>(__VA_ARGS__);         \
+    return;                                                                               \
+  }
+#define HG_CASE_D(DD, FUNC, ...)                                                          \
+  HG_CASE_F(DD, 1, FUNC, __VA_ARGS__) HG_CASE_F(DD, 2, FUNC, __VA_ARGS__)               \
+  HG_CASE_F(DD, 4, FUNC, __VA_ARGS__) HG_CASE_F(DD, 8, FUNC, __VA_ARGS__)
+#define HG_DISPATCH(FUNC, ...)                                                            \
+  HG_CASE_D(2, FUNC, __VA_ARGS__) HG_CASE_D(3, FUNC, __VA_ARGS__) HG_CASE_D(4, FUNC, __VA_ARGS__) \
+  TORCH_CHECK(false, "hashgrid cpu: unsupported n_input_dims=", d, " / n_features_per_level=", f);
+
+template <int D, int F, bool SMOOTH>
+void forward_all(const std::vector<Level>& levels, const float* x, int64_t n, const float* params, float* out,
+                 int threads) {
+#pragma omp parallel num_threads(threads)
+  for (size_t l = 0; l < levels.size(); ++l)
+    forward_level<D, F, SMOOTH>(x, n, params, levels[l], out + int64_t(l) * n * F);
+}
+
+// gparams: full table gradient (written entirely) or null; scratch: (threads − 1)·max group rows·F floats.
+template <int D, int F, bool SMOOTH>
+void backward_all(const std::vector<Level>& levels, const std::vector<Group>& groups, const float* x, int64_t n,
+                  const float* params, const float* gout, float* gparams, float* scratch, int64_t scratch_stride,
+                  float* gx, int threads) {
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = omp_get_thread_num();
+    const int nt = omp_get_num_threads();
+    for (const Group& grp : groups) {
+      float* mine = nullptr;  // this thread's gradient buffer for the group's rows
+      if (gparams) {
+        mine = t == 0 ? gparams + grp.row0 * F : scratch + (t - 1) * scratch_stride;
+        std::memset(mine, 0, sizeof(float) * grp.rows * F);
+      }
+      for (size_t l = grp.first; l < grp.last; ++l) {
+        const Level& lv = levels[l];
+        float* g = mine ? mine + (int64_t(lv.offset) - grp.row0) * F : nullptr;
+        backward_level<D, F, SMOOTH>(x, n, params, lv, gout + int64_t(l) * n * F, g, gx);
+      }
+      if (gparams && nt > 1) {
+#pragma omp barrier
+        float* total = gparams + grp.row0 * F;
+        const int64_t size = grp.rows * F;
+#pragma omp for schedule(dynamic, 16 * kChunk)
+        for (int64_t j = 0; j < size; ++j) {
+          float acc = total[j];
+          for (int b = 0; b < nt - 1; ++b) acc += scratch[b * scratch_stride + j];
+          total[j] = acc;
+        }  // implicit barrier: buffers are free for the next group
+      }
+    }
+  }
+}
+
+void forward_dispatch(int64_t d, int64_t f, bool smooth, const std::vector<Level>& levels, const float* x,
+                      int64_t n, const float* params, float* out, int threads) {
+  HG_DISPATCH(forward_all, levels, x, n, params, out, threads)
+}
+
+void backward_dispatch(int64_t d, int64_t f, bool smooth, const std::vector<Level>& levels,
+                       const std::vector<Group>& groups, const float* x, int64_t n, const float* params,
+                       const float* gout, float* gparams, float* scratch, int64_t scratch_stride, float* gx,
+                       int threads) {
+  HG_DISPATCH(backward_all, levels, groups, x, n, params, gout, gparams, scratch, scratch_stride, gx, threads)
+}
+
+void check_inputs(const torch::Tensor& x, const torch::Tensor& params, int64_t F, int64_t total_rows) {
+  TORCH_CHECK(x.device().is_cpu() && params.device().is_cpu(), "hashgrid cpu: tensors must be on the CPU");
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
+              "hashgrid cpu: x must be a contiguous (N, D) float32 tensor");
+  TORCH_CHECK(params.scalar_type() == torch::kFloat32 && params.is_contiguous() && params.dim() == 1,
+              "hashgrid cpu: params must be a contiguous 1-D float32 tensor");
+  TORCH_CHECK(params.numel() == total_rows * F, "hashgrid cpu: params has ", params.numel(), " values, expected ",
+              total_rows * F);
+}
+
+int64_t total_rows(const std::vector<Level>& levels) {
+  return levels.empty() ? 0 : int64_t(levels.back().offset) + levels.back().entries;
+}
+
+torch::Tensor forward(torch::Tensor x, torch::Tensor params, std::vector<double> scales, std::vector<int64_t> res,
+                      std::vector<int64_t> entries, std::vector<int64_t> offsets, std::vector<bool> dense,
+                      int64_t F, bool smoothstep) {
+  const auto levels = make_levels(scales, res, entries, offsets, dense);
+  check_inputs(x, params, F, total_rows(levels));
+  const int64_t n = x.size(0), D = x.size(1), L = static_cast<int64_t>(levels.size());
+  auto out = torch::empty({L, n, F}, x.options());  // level-major scratch, transposed at the end
+  const int threads = at::get_num_threads();
+  const float* xp = x.data_ptr<float>();
+  const float* pp = params.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  forward_dispatch(D, F, smoothstep, levels, xp, n, pp, op, threads);
+  return out.permute({1, 0, 2}).reshape({n, L * F});
+}
+
+std::vector<torch::Tensor> backward(torch::Tensor grad_out, torch::Tensor x, torch::Tensor params,
+                                    std::vector<double> scales, std::vector<int64_t> res,
+                                    std::vector<int64_t> entries, std::vector<int64_t> offsets,
+                                    std::vector<bool> dense, int64_t F, bool smoothstep, bool need_params,
+                                    bool need_x) {
+  const auto levels = make_levels(scales, res, entries, offsets, dense);
+  check_inputs(x, params, F, total_rows(levels));
+  const int64_t n = x.size(0), D = x.size(1), L = static_cast<int64_t>(levels.size());
+  TORCH_CHECK(grad_out.scalar_type() == torch::kFloat32 && grad_out.dim() == 2 && grad_out.size(0) == n &&
+                  grad_out.size(1) == L * F,
+              "hashgrid cpu: grad_out must be (N, L*F) float32");
+  // (L, N, F) contiguous so each level reads its gradients sequentially
+  const auto gout = grad_out.reshape({n, L, F}).permute({1, 0, 2}).contiguous();
+  auto gparams = need_params ? torch::empty_like(params) : torch::empty({0}, params.options());
+  auto gx = need_x ? torch::zeros_like(x) : torch::empty({0}, x.options());
+  if (n == 0 || L == 0) {
+    if (need_params) gparams.zero_();
+    return {gparams, gx};
+  }
+  const int threads = std::max(1, at::get_num_threads());
+  int64_t max_rows = 0;
+  for (const auto& lv : levels) max_rows = std::max<int64_t>(max_rows, lv.entries);
+  const auto groups = make_groups(levels, std::max(max_rows, g_scratch_floats.load() / (F * std::max(1, threads - 1))));
+  int64_t stride = 0;  // floats per private buffer
+  for (const auto& grp : groups) stride = std::max(stride, grp.rows * F);
+  // private buffers kept per calling thread between calls (no page faults on every backward)
+  thread_local std::vector<float> scratch;
+  const size_t need = need_params ? static_cast<size_t>(threads - 1) * stride : 0;
+  if (scratch.size() < need) scratch.resize(need);
+  const float* xp = x.data_ptr<float>();
+  const float* pp = params.data_ptr<float>();
+  const float* gp = gout.data_ptr<float>();
+  float* gpp = need_params ? gparams.data_ptr<float>() : nullptr;
+  float* gxp = need_x ? gx.data_ptr<float>() : nullptr;
+  backward_dispatch(D, F, smoothstep, levels, groups, xp, n, pp, gp, gpp, scratch.data(), stride, gxp, threads);
+  return {gparams, gx};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "dream3d hash-grid encoding, CPU kernels";
+  m.def("forward", &forward, "hash-grid forward -> (N, L*F)", py::call_guard<py::gil_scoped_release>());
+  m.def("backward", &backward, "hash-grid backward -> [grad_params, grad_x]",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("set_scratch_floats", &set_scratch_floats,
+        "cap on the backward's private gradient buffers, in floats (default 2^24)");
+}

@@ -1,0 +1,109 @@
+"""Trainer and CLI end to end: run folder contents, kill-and-resume exactness, SIGTERM checkpoint, user errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+# a small but complete configuration: every stage runs, just smaller
+SMALL = ["geometry.n_levels=4", "geometry.log2_hashmap_size=12", "geometry.mlp_width=16", "render.height=16",
+         "render.width=16", "render.batch_size=2", "render.samples_per_ray=24", "render.shading_warmup_steps=2",
+         "render.shading_probs=[0.3,0.5,0.2]", "export.enabled=false", "preview_every=4", "device=cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def generate(args, **kw):
+    return subprocess.run([sys.executable, "-m", "dream3d.cli", "generate", *args], capture_output=True,
+                          text=True, env=ENV, timeout=600, **kw)
+
+
+def params(run: Path) -> dict:
+    t = load_file(str(run / "checkpoint" / "tensors.safetensors"))
+    return {k: v for k, v in t.items() if k.startswith("renderer.")}
+
+
+def test_generate_writes_run_folder(tmp_path):
+    run = tmp_path / "run"
+    r = generate(["a blue sphere", "--out", str(run), "--steps", "6", "checkpoint_every=3", *SMALL])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == str(run)
+    for name in ("config.yaml", "status.json", "metrics.jsonl", "checkpoint/meta.json",
+                 "checkpoint/tensors.safetensors"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "previews").iterdir()) == ["step_000004.png", "step_000006.png"]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "done" and status["step"] == 6
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 7))
+    assert "a blue sphere" in (run / "config.yaml").read_text()
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    steps = ["--steps", "12", "checkpoint_every=4", "--seed", "3"]
+    ref = tmp_path / "ref"
+    assert generate(["a green cone", "--out", str(ref), *steps, *SMALL]).returncode == 0
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "dream3d.cli", "generate", "a green cone", "--out", str(run),
+                             *steps, *SMALL], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait for the first checkpoint, then kill without warning
+        meta = run / "checkpoint" / "meta.json"
+        if meta.exists() and json.loads(meta.read_text())["step"] >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads((run / "checkpoint" / "meta.json").read_text())["step"]
+    assert killed_at < 12
+    r = generate(["--resume", str(run)])
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "status.json").read_text())["step"] == 12
+    a, b = params(ref), params(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    # metrics of the resumed run continue where the checkpoint was
+    steps_logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged[-1] == 12 and set(range(1, 13)) <= set(steps_logged)
+
+
+def test_sigterm_saves_checkpoint(tmp_path):
+    run = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "dream3d.cli", "generate", "a red cube", "--out", str(run),
+                             "--steps", "100000", "checkpoint_every=100000", *SMALL], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        m = run / "metrics.jsonl"
+        if m.exists() and len(m.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert out.strip().splitlines()[-1] == str(run)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "stopped" and status["step"] >= 3
+    assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == status["step"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["a red cube", "guidance.guidence_scale=3"], "did you mean 'guidance.guidance_scale'"),
+    (["a red cube", "--prior", "/nonexistent/model"], "cannot load prior"),
+    (["   "], "prompt is empty"),
+    (["a shiny red cube"], "unknown word 'shiny'"),
+    (["--resume", "/nonexistent/run"], "not a dream3d run folder"),
+])
+def test_user_mistakes_exit_2_with_one_line(args, needle, tmp_path):
+    r = generate([*args, "--out", str(tmp_path / "x")])
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
