@@ -116,7 +116,8 @@ def cmd_prior_train(a: argparse.Namespace) -> int:
     from dream3d.priors.shapes_prior_train import train_shapes_prior
 
     out = train_shapes_prior(a.out, steps=a.steps, resolution=a.resolution, batch=a.batch, seed=a.seed, lr=a.lr,
-                             device=a.device, checkpoint_every=a.checkpoint_every, max_minutes=a.max_minutes)
+                             device=a.device, checkpoint_every=a.checkpoint_every, max_minutes=a.max_minutes,
+                             init_from=a.init, warmup=a.warmup)
     print(out)
     return 0
 
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto")
     t.add_argument("--checkpoint-every", type=int, default=1000)
     t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    t.add_argument("--init", default=None, help="fine-tune from this prior folder instead of a random init")
+    t.add_argument("--warmup", type=int, default=500, help="learning-rate warm-up steps")
     t.set_defaults(func=cmd_prior_train)
     s = pr.add_parser("sample", help="sample a grid of images around the object")
     s.add_argument("--prompt", required=True)

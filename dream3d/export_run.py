@@ -38,6 +38,7 @@ def export_run(run_dir: str | Path, formats: list[str] | None = None, resolution
     Returns {"files": {...}, "stats": {...}}, also saved as export/export.json.
     """
     from dream3d.export import export_geometry, write_turntable
+    from dream3d.export.fields import geometry_device
 
     run_dir = Path(run_dir)
     if trainer is not None:
@@ -57,7 +58,7 @@ def export_run(run_dir: str | Path, formats: list[str] | None = None, resolution
         size = e.turntable_resolution
 
         def render_fn(cams):
-            return renderer.render_chunked(cams.to(next(renderer.parameters()).device), size, size,
+            return renderer.render_chunked(cams.to(geometry_device(renderer.geometry)), size, size,
                                            shading="lambertian")["rgb"]
 
         videos = write_turntable(render_fn, run_dir / "turntable.mp4", run_dir / "turntable.gif",

@@ -73,18 +73,27 @@ def train_shapes_prior(out: str | Path, steps: int = 20000, resolution: int = sp
                        seed: int = 0, lr: float = 3e-4, device: str = "auto", checkpoint_every: int = 1000,
                        pool_size: int | None = None, prompt_dropout: float = 0.1, camera_dropout: float = 0.1,
                        ema_decay: float = 0.999, max_minutes: float | None = None, recommended_cfg: float = 3.0,
-                       progress: bool = True) -> Path:
+                       init_from: str | Path | None = None, warmup: int = 500, progress: bool = True) -> Path:
     """Train (or resume training of) the shapes prior into the folder `out`; returns `out`.
 
     pool_size: number of pre-rendered samples to draw batches from (default: 200k on CUDA, on-the-fly on CPU).
     max_minutes: stop early (with a checkpoint and an exported prior) after this wall time.
+    init_from: start from the weights of an existing prior folder (fine-tuning) instead of a random init.
     """
     out = Path(out)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     torch.manual_seed(seed)
     tokenizer = spm.build_tokenizer()
-    text_encoder, unet, scheduler = spm.build_text_encoder().to(dev), spm.build_unet().to(dev), spm.build_scheduler()
+    text_encoder, unet, scheduler = spm.build_text_encoder(), spm.build_unet(), spm.build_scheduler()
+    if init_from is not None:
+        from safetensors.torch import load_file
+        init = Path(init_from)
+        unet.load_state_dict({k: v.float() for k, v in load_file(str(init / "unet" /
+                              "diffusion_pytorch_model.safetensors")).items()})
+        text_encoder.load_state_dict({k: v.float() for k, v in load_file(str(init / "text_encoder" /
+                                      "model.safetensors")).items()}, strict=False)
+    text_encoder, unet = text_encoder.to(dev), unet.to(dev)
     ema_text, ema_unet = spm.build_text_encoder().to(dev), spm.build_unet().to(dev)
     ema_text.load_state_dict(text_encoder.state_dict())
     ema_unet.load_state_dict(unet.state_dict())
@@ -114,6 +123,7 @@ def train_shapes_prior(out: str | Path, steps: int = 20000, resolution: int = sp
     pool = _render_pool(pool_size, seed, resolution, dev) if pool_size > 0 else None
     use_bf16 = True
     info = {"steps": steps, "batch": batch, "seed": seed, "lr": lr, "resolution": resolution,
+            "init_from": str(init_from) if init_from else None,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "pool_size": pool_size}
 
     def save(step: int, seconds: float) -> None:
@@ -151,7 +161,7 @@ def train_shapes_prior(out: str | Path, steps: int = 20000, resolution: int = sp
         s = (1 - acp[t]).sqrt()[:, None, None, None]
         xt = a * x0 + s * noise
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, lr, steps)
+            g["lr"] = _lr_at(step, lr, steps, warmup)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             emb = text_encoder(ids)[0]
             pred = unet(xt, t, emb, class_labels=camf).sample

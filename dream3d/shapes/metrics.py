@@ -116,9 +116,10 @@ def surface_samples(shape: str, n: int, generator: torch.Generator | None = None
     d = sdf(shape, pts)
     pts = pts[d.abs() < 2.0 / 96]
     for _ in range(3):  # project onto the zero level set
-        p = pts.clone().requires_grad_(True)
-        dist = sdf(shape, p)
-        (g,) = torch.autograd.grad(dist.sum(), p)
+        with torch.enable_grad():
+            p = pts.clone().requires_grad_(True)
+            dist = sdf(shape, p)
+            (g,) = torch.autograd.grad(dist.sum(), p)
         pts = (p - dist[:, None] * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-8)).detach()
     idx = torch.randperm(pts.shape[0], generator=generator)[:n]
     return pts[idx]

@@ -1,0 +1,29 @@
+"""The shapes benchmark's scoring: a field that IS the true shape scores ~1; a wrong shape scores low."""
+
+import pytest
+
+from dream3d.bench_shapes import default_prompts, format_table, score_geometry
+from dream3d.geometry.analytic import SDFDensityField
+from dream3d.render.volume import VolumeRenderer
+
+
+@pytest.mark.parametrize("shape", ["cube", "torus"])
+def test_true_shape_scores_high(shape):
+    renderer = VolumeRenderer(SDFDensityField(shape, density_max=1000.0, sharpness=0.002), num_samples_per_ray=128).eval()
+    s = score_geometry(renderer, shape, grid_resolution=64, export_resolution=64)
+    assert s["iou"] > 0.9 and s["silhouette_iou"] > 0.9 and s["chamfer"] < 0.03
+
+
+def test_wrong_shape_scores_low():
+    renderer = VolumeRenderer(SDFDensityField("sphere", density_max=1000.0, sharpness=0.002), num_samples_per_ray=128).eval()
+    s = score_geometry(renderer, "torus", grid_resolution=64, export_resolution=64)
+    assert s["iou"] < 0.5 and s["chamfer"] > 0.05
+
+
+def test_default_prompts_and_table():
+    prompts = default_prompts()
+    assert len(prompts) == 12 and "a red cube" in prompts
+    rows = [{"method": "sds", "prompt": "a red cube", "seed": 0, "iou": 0.8, "silhouette_iou": 0.9,
+             "chamfer": 0.02, "seconds": 10.0}]
+    table = format_table(rows)
+    assert "cube" in table and "MEAN" in table and "0.800" in table
