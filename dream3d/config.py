@@ -34,7 +34,7 @@ class GeometryConfig:
     mlp_width: int = 64
     blob_density: float = 10.0
     blob_radius: float = 0.5
-    normal_type: str = "finite_difference"  # finite_difference | analytic
+    normal_type: str = "finite_difference"  # finite_difference | forward_difference | analytic
 
 
 @dataclass
@@ -124,7 +124,7 @@ class RunConfig:
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "geometry.encoding_backend": ("auto", "cpp", "cuda", "tcnn", "torch"),
-    "geometry.normal_type": ("finite_difference", "analytic"),
+    "geometry.normal_type": ("finite_difference", "forward_difference", "analytic"),
     "render.backend": ("auto", "torch", "nerfacc"),
     "render.background": ("white", "mlp"),
     "guidance.method": ("sds", "vsd", "nfsd", "ssd", "cfd"),
