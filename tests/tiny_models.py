@@ -18,6 +18,12 @@ WORDS = ["a", "red", "blue", "green", "cube", "sphere", "cone", "front", "side",
          "of", "dog"]
 
 
+def _save(out: Path, **components) -> None:
+    """`save_pretrained` each component into its sub-folder (the diffusers layout)."""
+    for name, comp in components.items():
+        comp.save_pretrained(out / name)
+
+
 def _write_index(out: Path, class_name: str, components: dict[str, list]) -> None:
     index = {"_class_name": class_name, "_diffusers_version": __import__("diffusers").__version__, **components}
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
@@ -72,11 +78,7 @@ def save_tiny_sd(out: str | Path, prediction_type: str = "epsilon", seed: int = 
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False)
-    tok.save_pretrained(out / "tokenizer")
-    te.save_pretrained(out / "text_encoder")
-    vae.save_pretrained(out / "vae")
-    unet.save_pretrained(out / "unet")
-    sched.save_pretrained(out / "scheduler")
+    _save(out, tokenizer=tok, text_encoder=te, vae=vae, unet=unet, scheduler=sched)
     _write_index(out, "StableDiffusionPipeline", {
         "tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": ["transformers", "CLIPTextModel"],
         "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
@@ -106,10 +108,7 @@ def save_tiny_if(out: str | Path, seed: int = 0) -> Path:
         time_embedding_act_fn="gelu")
     sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
                           prediction_type="epsilon", thresholding=True, clip_sample=True)
-    tok.save_pretrained(out / "tokenizer")
-    te.save_pretrained(out / "text_encoder")
-    unet.save_pretrained(out / "unet")
-    sched.save_pretrained(out / "scheduler")
+    _save(out, tokenizer=tok, text_encoder=te, unet=unet, scheduler=sched)
     _write_index(out, "IFPipeline", {
         "tokenizer": ["transformers", "T5Tokenizer"], "text_encoder": ["transformers", "T5EncoderModel"],
         "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDPMScheduler"],
@@ -119,19 +118,11 @@ def save_tiny_if(out: str | Path, seed: int = 0) -> Path:
 
 
 def word_tokenizer(max_length: int = 12):
-    """Word-level fast tokenizer (like the bundled prior's): unknown words become [UNK]."""
-    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
-    from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast
+    """Word-level fast tokenizer (the bundled prior's kind): unknown words become [UNK]."""
+    from dream3d.priors.shapes_prior_model import SPECIAL_TOKENS
+    from dream3d.priors.shapes_prior_model import word_tokenizer as build
 
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]", ","] + WORDS)}
-    tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
-                                   eos_token="[EOS]", model_max_length=max_length)
+    return build(SPECIAL_TOKENS + [","] + WORDS, max_length)
 
 
 def save_tiny_bundled(out: str | Path, strict_vocabulary: bool = True, half: bool = True, seed: int = 0) -> Path:
@@ -155,10 +146,7 @@ def save_tiny_bundled(out: str | Path, strict_vocabulary: bool = True, half: boo
                           clip_sample=False)
     if half:
         te, unet = te.half(), unet.half()
-    tok.save_pretrained(out / "tokenizer")
-    te.save_pretrained(out / "text_encoder")
-    unet.save_pretrained(out / "unet")
-    sched.save_pretrained(out / "scheduler")
+    _save(out, tokenizer=tok, text_encoder=te, unet=unet, scheduler=sched)
     _write_index(out, "Dream3DShapesPrior", {
         "tokenizer": ["transformers", "PreTrainedTokenizerFast"], "text_encoder": ["transformers", "CLIPTextModel"],
         "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDPMScheduler"]})

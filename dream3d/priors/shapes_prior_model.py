@@ -29,19 +29,25 @@ def vocabulary() -> list[str]:
 
 
 def build_tokenizer():
-    """Word-level fast tokenizer: lower-cases, splits words and punctuation, wraps in [BOS] ... [EOS]."""
+    """The shapes prior's tokenizer (see `word_tokenizer`)."""
+    return word_tokenizer(vocabulary(), MAX_TOKENS)
+
+
+def word_tokenizer(words: list[str], max_length: int):
+    """Word-level fast tokenizer over `words` (which start with SPECIAL_TOKENS): lower-cases, splits words and
+    punctuation, maps unknown words to [UNK], wraps in [BOS] ... [EOS]."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(vocabulary())}
+    vocab = {w: i for i, w in enumerate(words)}
     tok = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
         single="[BOS] $A [EOS]", special_tokens=[("[BOS]", vocab["[BOS]"]), ("[EOS]", vocab["[EOS]"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]",
-                                   eos_token="[EOS]", model_max_length=MAX_TOKENS)
+                                   eos_token="[EOS]", model_max_length=max_length)
 
 
 def build_text_encoder():
