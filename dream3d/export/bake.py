@@ -7,6 +7,12 @@ included); its barycentric coordinates then give the 3D surface point whose albe
 covers (gutters between charts, and the background) take the colour of the nearest covered texel, so bilinear
 filtering and mipmaps never pull in a foreign colour at chart seams.
 
+What a texel stores ("rendered", the default): the albedo a camera looking straight at the surface would see,
+i.e. the geometry's albedo alpha-composited along the surface normal through the texel's point (from 0.1
+outside to 0.1 inside, 8 samples, weights from the density) — for a NeRF the rendered colour comes from where
+the density rises, a little outside the extracted iso-surface, and the albedo field can differ there from the
+value on the iso-surface itself. "surface" stores the albedo at the iso-surface point.
+
 Albedo values are written as they are (no sRGB conversion): the NeRF's albedo is what its renders display, and a
 PNG base-colour texture is displayed as stored, so the textured mesh looks like the NeRF under the same light.
 """
@@ -92,9 +98,29 @@ def fill_empty(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return image[rows, cols]
 
 
+def rendered_albedo(geometry, points: np.ndarray, normals: np.ndarray, device: torch.device | str = "cpu",
+                    chunk: int = DEFAULT_CHUNK, half_width: float = 0.1, samples: int = 8) -> np.ndarray:
+    """Albedo (N,3) seen by a ray travelling along −n through p: samples p + s·n for s from +half_width to
+    −half_width, weights w_i = T_i·(1 − exp(−σ_i·dt)), colour Σ w_i·a_i / Σ w_i (the surface albedo where the
+    segment holds no density). points, normals: (N,3) world units / unit vectors."""
+    s = np.linspace(half_width, -half_width, samples)
+    dt = 2 * half_width / (samples - 1)
+    pts = points[:, None, :] + s[None, :, None] * normals[:, None, :]  # (N,S,3)
+    sigma = query(geometry.density, pts.reshape(-1, 3), device, chunk).reshape(-1, samples).double()
+    albedo = query(geometry.albedo, pts.reshape(-1, 3), device, chunk).reshape(-1, samples, 3).double()
+    alpha = 1 - torch.exp(-sigma * dt)
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
+    w = trans * alpha
+    total = w.sum(1, keepdim=True)
+    colour = (w[..., None] * albedo).sum(1) / total.clamp_min(1e-12)
+    centre = albedo[:, samples // 2]
+    return torch.where(total > 1e-6, colour, centre).numpy()
+
+
 def bake_albedo(geometry, mesh: UVMesh, texture_size: int = 1024, device: torch.device | str = "cpu",
-                chunk: int = DEFAULT_CHUNK) -> tuple[np.ndarray, dict]:
-    """Albedo texture (H,W,3) uint8 of `mesh` from `geometry.albedo`, H = W = texture_size.
+                chunk: int = DEFAULT_CHUNK, mode: str = "rendered") -> tuple[np.ndarray, dict]:
+    """Albedo texture (H,W,3) uint8 of `mesh` from the geometry, H = W = texture_size; mode "rendered" or
+    "surface" (see the module doc).
 
     Returns the image and stats: covered texel fraction and the number of albedo queries.
     """
@@ -102,7 +128,14 @@ def bake_albedo(geometry, mesh: UVMesh, texture_size: int = 1024, device: torch.
     covered = face_index >= 0
     tri = mesh.vertices.astype(np.float64)[mesh.faces[face_index[covered]]]  # (T,3,3)
     points = np.einsum("tk,tkc->tc", bary[covered], tri)
-    colors = query(geometry.albedo, points, device, chunk).numpy().astype(np.float64)
+    if mode == "rendered":
+        nrm = np.einsum("tk,tkc->tc", bary[covered], mesh.normals.astype(np.float64)[mesh.faces[face_index[covered]]])
+        nrm /= np.maximum(np.linalg.norm(nrm, axis=-1, keepdims=True), 1e-12)
+        colors = rendered_albedo(geometry, points, nrm, device, chunk)
+    elif mode == "surface":
+        colors = query(geometry.albedo, points, device, chunk).numpy().astype(np.float64)
+    else:
+        raise ValueError(f"unknown bake mode {mode!r}")
     image = np.zeros((texture_size, texture_size, 3), dtype=np.float64)
     image[covered] = np.clip(colors, 0.0, 1.0)
     image = fill_empty(image, covered)
