@@ -16,7 +16,7 @@ $(BIN)/dream3d: pyproject.toml
 	touch $@
 
 .cache/node/node_modules/gltf-validator/package.json:
-	npm install --silent --prefix .cache/node gltf-validator@2
+	npm install --silent --prefix .cache/node gltf-validator@2.0.0-dev.3.10
 
 .PHONY: install run test
 install: $(BIN)/dream3d

@@ -2,7 +2,7 @@
 
 The package lives in the git-ignored `.cache/node` folder at the repository root, installed by
 
-    npm install --silent --prefix .cache/node gltf-validator@2
+    npm install --silent --prefix .cache/node gltf-validator@2.0.0-dev.3.10
 
 (`make test` does it; `ensure_validator` does it on first use when npm is there). Tests call `node_available()`
 to skip when node itself is missing, and `validate(path)` for the report.
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = ROOT / ".cache" / "node"
 PACKAGE = PREFIX / "node_modules" / "gltf-validator"
-NPM_SPEC = "gltf-validator@2"
+NPM_SPEC = "gltf-validator@2.0.0-dev.3.10"
 
 _SCRIPT = r"""
 const fs = require("fs");
