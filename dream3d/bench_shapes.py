@@ -22,7 +22,7 @@ from dream3d.cameras import make_cameras
 from dream3d.config import load_config
 from dream3d.errors import Dream3DError
 from dream3d.shapes.metrics import chamfer_to_shape, volume_iou
-from dream3d.shapes.primitives import COLORS, SHAPES, grid_points, occupancy
+from dream3d.shapes.primitives import SHAPES, grid_points, occupancy
 from dream3d.shapes.prompts import make_prompt, parse_prompt
 from dream3d.shapes.render import render_shapes
 

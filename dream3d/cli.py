@@ -7,7 +7,6 @@ line of stdout; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re

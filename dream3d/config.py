@@ -62,7 +62,7 @@ class CameraConfig:
 
 @dataclass
 class GuidanceConfig:
-    method: str = "sds"  # sds | vsd | nfsd | ssd | cfd
+    method: str = "sds"  # sds | vsd | nfsd | ssd | cfd | dds
     guidance_scale: float = 10.0  # diffusers form: eps_u + s (eps_c - eps_u)
     weighting: str = "sds"  # sds | uniform | fantasia3d | lambda
     t_min: float = 0.02
@@ -73,6 +73,22 @@ class GuidanceConfig:
     grad_clip: float = 0.0  # element-wise clamp of the guidance gradient; 0 disables
     view_dependent: bool = True
     negative_prompt: str = ""
+    # VSD (ProlificDreamer): LoRA + camera embedding φ trained online with its own AdamW
+    vsd_lora_rank: int = 4
+    vsd_lora_lr: float = 0.0001
+    vsd_camera_dropout: float = 0.1  # probability of training φ without its camera
+    vsd_lora_guidance_scale: float = 1.0  # CFG over φ's camera; 1 = camera-conditional only
+    # NFSD: delta_D = eps_null below this fraction of the timesteps (200 of 1000), eps_null - eps_neg above
+    nfsd_threshold: float = 0.2
+    # SSD: mode-disengaging term above this fraction of the timesteps, adaptive mode-seeking term below
+    ssd_threshold: float = 0.8
+    ssd_rescale: bool = True  # rescale the mode-seeking term to the mode-disengaging term's norm
+    # CFD: surface noise (sub-pixels per noise pixel and axis, cell size in world units; 0 = automatic)
+    cfd_subsamples: int = 8
+    cfd_voxel_size: float = 0.0
+    cfd_reinject: list[float] = field(default_factory=list)  # [] off, [gamma] or [start, gamma0, gamma1, end]
+    # DDS (dream3d edit): the prompt describing the source scene
+    source_prompt: str = ""
 
 
 @dataclass
@@ -127,7 +143,7 @@ CHOICES = {
     "geometry.normal_type": ("finite_difference", "forward_difference", "analytic"),
     "render.backend": ("auto", "torch", "nerfacc"),
     "render.background": ("white", "mlp"),
-    "guidance.method": ("sds", "vsd", "nfsd", "ssd", "cfd"),
+    "guidance.method": ("sds", "vsd", "nfsd", "ssd", "cfd", "dds"),
     "guidance.weighting": ("sds", "uniform", "fantasia3d", "lambda"),
     "guidance.t_schedule": ("constant", "step", "sqrt", "linear"),
 }

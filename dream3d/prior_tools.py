@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dream3d.cameras import Cameras, make_cameras, sample_cameras, view_suffixes
+from dream3d.cameras import make_cameras, sample_cameras, view_suffixes
 from dream3d.guidance.sampling import sample_images
 from dream3d.priors import load_prior
 from dream3d.shapes.metrics import classify_color, classify_shape

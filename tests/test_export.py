@@ -364,6 +364,17 @@ def test_cube_surface_is_closed_outward_and_faithful():
     assert ((fn * tri.mean(1)).sum(1) > 0).all()
 
 
+def test_folded_face_pairs_are_dropped_and_closedness_restored():
+    from dream3d.export.surface import drop_folded_faces, is_closed
+
+    octahedron = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4], [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    fin = np.array([[0, 1, 4], [1, 0, 4]])  # two faces on one vertex triple, as decimation can leave
+    broken = np.concatenate([octahedron, fin])
+    assert is_closed(octahedron) and not is_closed(broken)
+    fixed = drop_folded_faces(broken)
+    assert is_closed(fixed) and np.array_equal(fixed, octahedron)
+
+
 def test_floaters_are_removed():
     field = Field("sphere", floater=(0.8, 0.8, 0.8, 0.08))
     kept = extract_surface(field, 64, max_faces=0, min_component_fraction=0.0)

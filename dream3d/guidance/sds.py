@@ -15,7 +15,8 @@ import torch
 
 from dream3d.guidance.base import Guidance, GuidanceOut
 from dream3d.guidance.cfg import cfg_combine, predict_branches
-from dream3d.guidance.loss import ClampSpec, grad_loss, prepare_grad, scheduled_value
+from dream3d.guidance.loss import ClampSpec
+from dream3d.guidance.output import distillation_output
 from dream3d.guidance.timesteps import TimestepSchedule
 from dream3d.guidance.weighting import check_weighting, weight
 
@@ -50,14 +51,22 @@ class SDSGuidance(Guidance):
                                          int(prior.num_train_timesteps))
         self.grad_clip = grad_clip
 
-    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: dict) -> torch.Tensor:
-        """g = w(t)·(ε̂_s(x_t) − ε) (B,C,h,w) for x0 x (B,C,h,w), timesteps t (B,) and noise ε like x."""
+    def noisy_branches(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                       batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_t = α_t x + σ_t ε (forward diffusion of the detached x) and the prior's (ε_c, ε_u) at x_t, from one
+        batched UNet call; shapes like x (B,C,h,w)."""
         x = x.detach()
         alpha, sigma = self.alpha_sigma(t)
         view = (-1,) + (1,) * (x.dim() - 1)
         x_t = alpha.view(view) * x + sigma.view(view) * noise
         emb_c, emb_u = self.text_embeddings(batch, x.shape[0])
         eps_c, eps_u = predict_branches(self.prior, x_t, t, [emb_c, emb_u], batch.get("cameras"))
+        return x_t, eps_c, eps_u
+
+    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: dict) -> torch.Tensor:
+        """g = w(t)·(ε̂_s(x_t) − ε) (B,C,h,w) for x0 x (B,C,h,w), timesteps t (B,) and noise ε like x."""
+        x_t, eps_c, eps_u = self.noisy_branches(x, t, noise, batch)
+        view = (-1,) + (1,) * (x.dim() - 1)
         w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device)
         return w.view(view) * (cfg_combine(eps_u, eps_c, self.guidance_scale) - noise)
 
@@ -66,12 +75,4 @@ class SDSGuidance(Guidance):
         b = x.shape[0]
         t = self.schedule(step, batch.get("total_steps"), b, self.generator).to(self.prior.alphas_cumprod.device)
         noise = self.randn_like(x)
-        clip = scheduled_value(self.grad_clip, step)
-        g = prepare_grad(self.grad(x, t, noise, batch), clip)
-        loss = grad_loss(x, g)
-        info = {"loss": loss.item(), "t": t.float().mean().item(),
-                "w": weight(self.weighting, self.prior.alphas_cumprod, t).mean().item(),
-                "grad_norm": g.flatten(1).norm(dim=1).mean().item(), "guidance_scale": self.guidance_scale}
-        if clip is not None:
-            info["grad_clip"] = clip
-        return GuidanceOut(loss, info)
+        return distillation_output(self, x, self.grad(x, t, noise, batch), t, step)

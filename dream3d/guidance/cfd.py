@@ -1,0 +1,71 @@
+"""Consistent Flow Distillation (Yan, Chen, Wang, ICLR 2025, arXiv 2501.05445).
+
+SDS with two changes: the noise ε̃ is consistent across views (it lives on the object's surface,
+`dream3d.guidance.surface_noise`), and t follows a deterministic decreasing schedule. With w = λ_t = σ_t/α_t:
+
+    x_t = α_t(x + λ_t ε̃) = α_t x + σ_t ε̃
+    g   = λ_t·(ε̂_s(x_t; y, t) − ε̃)                    (CFD flow gradient, guidance.md "CFD")
+
+which is `SDSGuidance.grad` with noise ε̃ and weighting "lambda", so only the noise and the schedule differ here.
+
+Why it is a flow (and the matched step size). In x̄ = x_t/α_t coordinates DDIM (η = 0) from t to t' < t reads
+x̄_{t'} = x̄_t − (λ_t − λ_{t'})·ε̂(x_t). Gradient descent on a directly parameterized image x with the fixed ε̃,
+x ← x − η·g, moves x̄_t = x + λ_t ε̃ to x̄' = x − ηλ_t(ε̂ − ε̃) + λ_{t'} ε̃; it equals DDIM's x̄_{t'} exactly when
+ηλ_t = λ_t − λ_{t'}, i.e. η = 1 − λ_{t'}/λ_t (then the ε̃ terms also match: ηλ_t + λ_{t'} = λ_t). With the loss
+trick ∂loss/∂x = g/B, so plain SGD needs lr = B·(1 − λ_{t'}/λ_t). tests/test_guidance_methods.py checks this.
+
+Batch: "depth", "opacity" (B,1,H,W) and "cameras" from the renderer (the trainer passes them); without them
+(2D) one fixed noise image is used. Noise re-injection `reinject` is a `scheduled_value` spec of γ per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dream3d.errors import ConfigError
+from dream3d.guidance.base import GuidanceOut
+from dream3d.guidance.loss import ClampSpec, scheduled_value
+from dream3d.guidance.output import distillation_output
+from dream3d.guidance.sds import SDSGuidance
+from dream3d.guidance.surface_noise import SurfaceNoise
+
+
+class CFDGuidance(SDSGuidance):
+    """CFD. Arguments as `SDSGuidance` with CFD defaults (weighting "lambda", t_schedule "linear" from t_max to
+    t_min; a random schedule is a ConfigError) plus:
+
+    subsamples: S sub-pixels per noise pixel and axis; voxel_size: noise cell size in world units (None/0: auto);
+    reinject: γ of the per-step re-injection n ← √(1−γ)n + √γ N(0,1): None, a constant, or
+        [start_step, γ_start, γ_end, end_step].
+    """
+
+    def __init__(self, prior: Any, weighting: str = "lambda", t_schedule: str = "linear", t_min: float = 0.2,
+                 t_max: float = 0.98, subsamples: int = 8, voxel_size: float | None = None,
+                 reinject: ClampSpec = None, **kwargs):
+        super().__init__(prior, weighting=weighting, t_schedule=t_schedule, t_min=t_min, t_max=t_max, **kwargs)
+        if not self.schedule.deterministic:
+            raise ConfigError(f"cfd needs a deterministic timestep schedule (linear or sqrt), got "
+                              f"'{t_schedule}'; set guidance.t_schedule=linear")
+        self.noise = SurfaceNoise(self.generator, subsamples=subsamples, voxel_size=voxel_size or None)
+        self.reinject = reinject
+
+    def __call__(self, rgb: torch.Tensor, batch: dict, step: int) -> GuidanceOut:
+        x = self.prior.encode_images(rgb)
+        t = self.schedule(step, batch.get("total_steps"), x.shape[0]).to(self.prior.alphas_cumprod.device)
+        gamma = scheduled_value(self.reinject, step)
+        if gamma:
+            self.noise.reinject(gamma)  # n ← √(1−γ)n + √γ N(0,1)
+        eps = self.noise(tuple(x.shape), batch.get("depth"), batch.get("opacity"), batch.get("cameras"))
+        g = self.grad(x, t, eps.to(x.device, x.dtype), batch)  # λ_t(ε̂_s(α_t(x + λ_t ε̃)) − ε̃)
+        extra = {"reinject": gamma} if gamma else {}
+        return distillation_output(self, x, g, t, step, extra)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """RNG state plus the noise field ("noise.table", "noise.background", "noise.voxel_size")."""
+        return {**super().state_dict(), **{f"noise.{k}": v for k, v in self.noise.state_dict().items()}}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        super().load_state_dict(state)
+        self.noise.load_state_dict({k[len("noise."):]: v for k, v in state.items() if k.startswith("noise.")})
