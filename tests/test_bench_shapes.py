@@ -27,3 +27,15 @@ def test_default_prompts_and_table():
              "chamfer": 0.02, "seconds": 10.0}]
     table = format_table(rows)
     assert "cube" in table and "MEAN" in table and "0.800" in table
+
+
+def test_surface_samples_lie_on_every_surface():
+    import torch
+
+    from dream3d.shapes import SHAPES, sdf
+    from dream3d.shapes.metrics import surface_samples
+
+    for shape in SHAPES:
+        pts = surface_samples(shape, 2000, torch.Generator().manual_seed(0))
+        assert pts.shape[0] == 2000 and torch.isfinite(pts).all()
+        assert sdf(shape, pts).abs().max() < 2e-3, shape

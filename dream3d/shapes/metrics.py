@@ -115,12 +115,12 @@ def surface_samples(shape: str, n: int, generator: torch.Generator | None = None
     pts = pts + (torch.rand(pts.shape, generator=generator) - 0.5) * (2.0 / 96)
     d = sdf(shape, pts)
     pts = pts[d.abs() < 2.0 / 96]
-    for _ in range(3):  # project onto the zero level set
-        with torch.enable_grad():
-            p = pts.clone().requires_grad_(True)
-            dist = sdf(shape, p)
-            (g,) = torch.autograd.grad(dist.sum(), p)
-        pts = (p - dist[:, None] * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-8)).detach()
+    offsets = torch.eye(3) * 1e-4
+    for _ in range(3):  # project onto the zero level set along the SDF gradient (central differences: the
+        # exact SDFs have points, e.g. a cylinder's rim, where autograd's sqrt'(0) is not finite)
+        dist = sdf(shape, pts)
+        g = torch.stack([sdf(shape, pts + o) - sdf(shape, pts - o) for o in offsets], -1)
+        pts = pts - dist[:, None] * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     idx = torch.randperm(pts.shape[0], generator=generator)[:n]
     return pts[idx]
 
