@@ -1,4 +1,4 @@
-"""`dream3d` command line: generate | prior train|sample|eval | bench | export.
+"""`dream3d` command line: generate | edit | export | prior train|sample|eval | bench.
 
 User mistakes print one line (`dream3d: error: ...`) and exit 2. `generate` prints the run folder as the last
 line of stdout; progress goes to stderr.
@@ -101,6 +101,35 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0 if state == "done" else EXIT_INTERRUPTED
 
 
+def cmd_edit(a: argparse.Namespace) -> int:
+    from dream3d.config import load_config
+    from dream3d.trainer import Trainer, default_run_dir, resume_config
+
+    source = Path(a.run_dir)
+    src_cfg = resume_config(source)
+    if not a.prompt or not a.prompt.strip():
+        raise Dream3DError("give the target prompt, e.g. dream3d edit RUN_DIR --prompt \"a blue cube\"")
+    texts, overrides = split_words(a.words)
+    if texts:
+        raise Dream3DError(f"unexpected argument {texts[0]!r}; overrides look like key=value")
+    if a.steps is not None:
+        overrides.append(f"steps={a.steps}")
+    edit_yaml = Path(__file__).resolve().parents[1] / "configs" / "dds-edit.yaml"
+    cfg = load_config(a.config or (edit_yaml if edit_yaml.is_file() else None), overrides, base=src_cfg)
+    cfg.guidance.method = "dds"
+    cfg.prompt, cfg.name = a.prompt, ""
+    cfg.guidance.source_prompt = a.source_prompt or src_cfg.prompt
+    cfg.edit_source = str(source.resolve())
+    run_dir = Path(a.out) if a.out else default_run_dir(cfg)
+    trainer = Trainer(cfg, run_dir, events=_progress_events("edit"))
+    state = trainer.train()
+    if state == "done" and cfg.export.enabled:
+        from dream3d.export_run import export_run
+        export_run(run_dir, trainer=trainer, log=lambda m: print(m, file=sys.stderr))
+    print(run_dir)
+    return 0 if state == "done" else EXIT_INTERRUPTED
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from dream3d.export_run import export_run
 
@@ -183,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     g.set_defaults(func=cmd_generate)
+
+    ed = sub.add_parser("edit", help="edit a finished run with a new prompt (DDS)")
+    ed.add_argument("run_dir", help="the source run folder")
+    ed.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
+    ed.add_argument("--prompt", required=True, help="the target prompt")
+    ed.add_argument("--source-prompt", help="what the source shows (default: the source run's prompt)")
+    ed.add_argument("--steps", type=int)
+    ed.add_argument("--config", help="YAML config (default: configs/dds-edit.yaml)")
+    ed.add_argument("--out", help="the new run folder")
+    ed.set_defaults(func=cmd_edit)
 
     e = sub.add_parser("export", help="export a run's mesh (GLB/OBJ) and turntable video")
     e.add_argument("run_dir")

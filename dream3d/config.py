@@ -11,6 +11,7 @@ suggest the closest valid one. User text (prompts) is data: OmegaConf interpolat
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
@@ -128,6 +129,7 @@ class RunConfig:
     checkpoint_every: int = 200
     preview_every: int = 100
     name: str = ""  # run folder name; empty = derived from the prompt
+    edit_source: str = ""  # `dream3d edit`: the source run folder (its scene is frozen and edited by DDS)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -244,9 +246,10 @@ def _nest(key: str, value) -> dict:
     return d
 
 
-def load_config(config_file: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
-    """Defaults <- YAML file <- `key=value` overrides, validated. Raises ConfigError on any mistake."""
-    cfg = RunConfig()
+def load_config(config_file: str | Path | None = None, overrides: typing.Sequence[str] = (),
+                base: RunConfig | None = None) -> RunConfig:
+    """Defaults (or a copy of `base`) <- YAML file <- `key=value` overrides, validated. Raises ConfigError."""
+    cfg = copy.deepcopy(base) if base is not None else RunConfig()
     if config_file:
         path = Path(config_file)
         if not path.is_file():

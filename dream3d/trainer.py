@@ -83,6 +83,7 @@ class Trainer:
         if hasattr(prior, "check_prompt") and getattr(prior, "strict_vocabulary", False):
             prior.check_prompt(cfg.prompt)
         self.renderer = build_renderer(cfg).to(self.device)
+        self.source_renderer = self._edit_source() if cfg.edit_source else None
         self.guidance = build_guidance(cfg, prior)
         self.generator = torch.Generator().manual_seed(cfg.seed + 1)
         self.optimizer = self._make_optimizer()
@@ -92,6 +93,15 @@ class Trainer:
         self.stop_reason = ""
 
     # --- setup -------------------------------------------------------------------------------------------------
+    def _edit_source(self):
+        """Editing: a frozen copy of the source run's scene; the edited scene starts from the same weights."""
+        from dream3d.export_run import load_run_renderer
+
+        _, source = load_run_renderer(self.cfg.edit_source, str(self.device))
+        source.requires_grad_(False)
+        self.renderer.load_state_dict(source.state_dict())
+        return source
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         geo = self.renderer.geometry
@@ -154,15 +164,24 @@ class Trainer:
     def train_step(self) -> dict:
         cfg, r = self.cfg, self.cfg.render
         self.renderer.train()
+        occ_state = self.generator.get_state()
         self.renderer.update_occupancy(self.step, self.generator)
+        if self.source_renderer is not None:  # same update (same points) on the frozen source's grid
+            self.source_renderer.update_occupancy(self.step, torch.Generator().set_state(occ_state))
         c = cfg.camera
         cams = sample_cameras(r.batch_size, self.generator, tuple(c.elevation_range), tuple(c.azimuth_range),
                               tuple(c.distance_range), tuple(c.fov_range)).to(self.device)
         shading = self._pick_shading()
+        jitter_state = self.generator.get_state()  # the source render (editing) reuses the same ray jitter
         out = self.renderer(cams, r.height, r.width, shading=shading, generator=self.generator)
         batch = {"prompt": cfg.prompt, "negative_prompt": cfg.guidance.negative_prompt, "cameras": cams,
                  "view_dependent": cfg.guidance.view_dependent, "total_steps": cfg.steps,
                  "opacity": out["opacity"], "depth": out["depth"]}
+        if self.source_renderer is not None:  # DDS: the source scene from the same cameras and shading
+            with torch.no_grad():
+                gen = torch.Generator().set_state(jitter_state)
+                batch["rgb_source"] = self.source_renderer(cams, r.height, r.width, shading=shading, generator=gen,
+                                                           stratified=True)["rgb"]
         gout = self.guidance(out["rgb"], batch, self.step)
         loss = gout.loss
         opacity = out["opacity"].clamp(1e-5, 1 - 1e-5)

@@ -56,7 +56,7 @@ def test_prompt_is_data(tmp_path, monkeypatch):
 def test_cpu_default_yaml_equals_schema_defaults():
     data = yaml.safe_load((CONFIGS / "cpu-default.yaml").read_text())
     expected = to_dict(RunConfig())
-    expected.pop("prompt"), expected.pop("name")
+    expected.pop("prompt"), expected.pop("name"), expected.pop("edit_source")
     assert data == expected
 
 

@@ -107,3 +107,25 @@ def test_user_mistakes_exit_2_with_one_line(args, needle, tmp_path):
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+
+
+def test_edit_with_the_source_prompt_changes_nothing_and_a_new_prompt_does(tmp_path):
+    src = tmp_path / "src"
+    assert generate(["a red cube", "--out", str(src), "--steps", "4", *SMALL]).returncode == 0
+    edit = [sys.executable, "-m", "dream3d.cli", "edit", str(src), "--steps", "3", *SMALL]
+    same = tmp_path / "same"
+    r = subprocess.run([*edit, "--prompt", "a red cube", "--out", str(same)], capture_output=True, text=True,
+                       env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == str(same)
+    assert "method: dds" in (same / "config.yaml").read_text()
+    # DDS with the source's own prompt on an unchanged scene: g = 0 exactly, so Adam leaves every weight alone
+    a, b = params(src), params(same)
+    geo = [k for k in a if ".geometry." in k]
+    assert geo and all(torch.equal(a[k], b[k]) for k in geo)
+    new = tmp_path / "blue"
+    r = subprocess.run([*edit, "--prompt", "a blue cube", "--out", str(new)], capture_output=True, text=True,
+                       env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr
+    c = params(new)
+    assert any(not torch.equal(a[k], c[k]) for k in geo)
