@@ -67,9 +67,22 @@ def split_words(words: list[str]) -> tuple[list[str], list[str]]:
     return [w for w in words if not _OVERRIDE.match(w)], over
 
 
+def run_and_export(cfg, run_dir: Path, label: str = "generate") -> int:
+    """Train (or resume) the run with a progress bar, export it when done, print the run folder last."""
+    from dream3d.trainer import Trainer
+
+    trainer = Trainer(cfg, run_dir, events=_progress_events(label))
+    state = trainer.train()
+    if state == "done" and cfg.export.enabled:
+        from dream3d.export_run import export_run
+        export_run(run_dir, trainer=trainer, log=lambda m: print(m, file=sys.stderr))
+    print(run_dir)
+    return 0 if state == "done" else EXIT_INTERRUPTED
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
     from dream3d.config import load_config
-    from dream3d.trainer import Trainer, default_run_dir, resume_config
+    from dream3d.trainer import default_run_dir, resume_config
 
     texts, a.overrides = split_words(a.words)
     if len(texts) > 1:
@@ -92,18 +105,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
         if not cfg.prompt.strip():
             raise Dream3DError("the prompt is empty; try for example 'a red cube'")
         run_dir = Path(a.out) if a.out else default_run_dir(cfg)
-    trainer = Trainer(cfg, run_dir, events=_progress_events())
-    state = trainer.train()
-    if state == "done" and cfg.export.enabled:
-        from dream3d.export_run import export_run
-        export_run(run_dir, trainer=trainer, log=lambda m: print(m, file=sys.stderr))
-    print(run_dir)
-    return 0 if state == "done" else EXIT_INTERRUPTED
+    return run_and_export(cfg, run_dir)
 
 
 def cmd_edit(a: argparse.Namespace) -> int:
     from dream3d.config import load_config
-    from dream3d.trainer import Trainer, default_run_dir, resume_config
+    from dream3d.trainer import default_run_dir, resume_config
 
     source = Path(a.run_dir)
     src_cfg = resume_config(source)
@@ -121,13 +128,7 @@ def cmd_edit(a: argparse.Namespace) -> int:
     cfg.guidance.source_prompt = a.source_prompt or src_cfg.prompt
     cfg.edit_source = str(source.resolve())
     run_dir = Path(a.out) if a.out else default_run_dir(cfg)
-    trainer = Trainer(cfg, run_dir, events=_progress_events("edit"))
-    state = trainer.train()
-    if state == "done" and cfg.export.enabled:
-        from dream3d.export_run import export_run
-        export_run(run_dir, trainer=trainer, log=lambda m: print(m, file=sys.stderr))
-    print(run_dir)
-    return 0 if state == "done" else EXIT_INTERRUPTED
+    return run_and_export(cfg, run_dir, "edit")
 
 
 def cmd_export(a: argparse.Namespace) -> int:

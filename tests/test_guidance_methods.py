@@ -21,10 +21,8 @@ from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.ssd import SSDGuidance
 from dream3d.guidance.surface_noise import SurfaceNoise
 from dream3d.guidance.vsd import VSDGuidance
-from dream3d.priors import Prior
 from dream3d.system import build_guidance
-from tiny_models import (OraclePrior, PointMassPrior, ddpm_alphas_cumprod, save_tiny_bundled, save_tiny_if,
-                         save_tiny_sd)
+from tiny_models import OraclePrior, PointMassPrior, ddpm_alphas_cumprod
 
 SHAPE = (3, 4, 4)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -382,12 +380,6 @@ def test_cfd_uses_surface_noise_and_needs_a_deterministic_schedule():
 
 # --- tiny diffusers priors -----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_priors(tmp_path_factory):
-    root = tmp_path_factory.mktemp("method_priors")
-    return {"sd": Prior.from_pretrained(save_tiny_sd(root / "sd", prediction_type="v_prediction")),
-            "if": Prior.from_pretrained(save_tiny_if(root / "if")),
-            "bundled": Prior.from_pretrained(save_tiny_bundled(root / "bundled"))}
 
 
 def _render_batch(prompt="a red cube", b=2, size=12, **kw):

@@ -9,8 +9,7 @@ from dream3d.cameras import make_cameras, view_suffixes
 from dream3d.errors import PromptError
 from dream3d.guidance import SDSGuidance, WEIGHTINGS
 from dream3d.guidance.sds import default_guidance_scale
-from dream3d.priors import Prior
-from tiny_models import OraclePrior, PointMassPrior, save_tiny_bundled, save_tiny_if, save_tiny_sd
+from tiny_models import OraclePrior, PointMassPrior
 
 SHAPE = (3, 4, 4)
 
@@ -170,12 +169,6 @@ def test_empty_prompt_and_default_scale():
 
 # --- tiny diffusers priors -----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_priors(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sds_priors")
-    return {"sd": Prior.from_pretrained(save_tiny_sd(root / "sd", prediction_type="v_prediction")),
-            "if": Prior.from_pretrained(save_tiny_if(root / "if")),
-            "bundled": Prior.from_pretrained(save_tiny_bundled(root / "bundled"))}
 
 
 @pytest.mark.parametrize("name", ["sd", "if", "bundled"])
