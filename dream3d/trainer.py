@@ -208,7 +208,7 @@ class Trainer:
 
     @torch.no_grad()
     def preview(self, n_views: int = 4, size: int = 64, shading: str = "lambertian") -> Path:
-        """Render n_views around the object and save previews/step_XXXXXX.png."""
+        """Render n_views around the object into previews/step_<6-digit step>.png; returns the path."""
         self.renderer.eval()
         cams = orbit_cameras(n_views, elevation_deg=20.0).to(self.device)
         out = self.renderer.render_chunked(cams, size, size, shading=shading)

@@ -44,7 +44,8 @@ class Guidance:
             self.generator.manual_seed(int(seed))
 
     def __call__(self, rgb: torch.Tensor, batch: dict, step: int) -> GuidanceOut:
-        raise NotImplementedError
+        """Abstract: every method (SDS, VSD, ...) implements its own step; the base class is never called."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement __call__")
 
     # --- trainable parts and checkpoint state -----------------------------------------------------------------
     def parameters(self) -> list[torch.nn.Parameter]:
