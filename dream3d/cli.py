@@ -1,4 +1,4 @@
-"""`dream3d` command line: generate | edit | export | prior train|sample|eval | bench.
+"""`dream3d` command line: generate | edit | export | batch | prior train|sample|eval | bench.
 
 User mistakes print one line (`dream3d: error: ...`) and exit 2. `generate` prints the run folder as the last
 line of stdout; progress goes to stderr.
@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--json", default=None)
     sh.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
     sh.set_defaults(func=cmd_bench_shapes)
+
+    from dream3d.batch.command import add_batch_parser  # dream3d batch (see dream3d/batch/)
+    add_batch_parser(sub)
     return p
 
 

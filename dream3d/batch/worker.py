@@ -1,0 +1,128 @@
+"""One batch job, run inside a worker (a spawned process or a Ray task): the ordinary generation path.
+
+`run_job` builds a `Trainer` for the job's resolved config in its run folder (so a folder that holds a
+checkpoint is resumed from it), trains, exports (`export_run`, as `dream3d generate` does), renders a thumbnail,
+and reports events through `emit`. Any exception becomes a "failed" result with a one-line error (the full
+traceback goes to `<run>/error.log`), so one bad job never stops the worker.
+
+Events (dicts, all with "type" and "job"):
+  started    {host, pid}                     the worker took the job
+  training   {step, steps, resumed}          the trainer started (step > 0: resumed from its checkpoint)
+  progress   {step, steps, phase}            at most every PROGRESS_EVERY_S seconds, and when exporting
+  checkpoint {step, steps}
+  finished   {state: done|failed|interrupted, error, step, steps, outputs, seconds}
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+PROGRESS_EVERY_S = 0.5
+THUMBNAIL_SIZE = 128
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """A one-line description of an exception (dream3d errors are already one clear line)."""
+    from dream3d.errors import Dream3DError
+
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if not isinstance(e, Dream3DError):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def set_threads(threads: int) -> None:
+    """CPU threads for this worker's torch (intra-op) pool."""
+    import torch
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def write_thumbnail(trainer, path: Path, size: int = THUMBNAIL_SIZE) -> Path:
+    """A front view (elevation 20 degrees, lambertian, size x size px) of the trained scene as PNG."""
+    import torch
+
+    from dream3d.cameras import orbit_cameras
+    from dream3d.trainer import save_image
+
+    trainer.renderer.eval()
+    with torch.no_grad():
+        out = trainer.renderer.render_chunked(orbit_cameras(1, 20.0).to(trainer.device), size, size,
+                                              shading="lambertian")
+    save_image(out["rgb"], path)
+    return path
+
+
+def run_job(job, run_dir: str | Path, emit: Callable[[dict], None],
+            should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Run (or resume) one `jobs.Job` in `run_dir`; returns the "finished" event (also emitted)."""
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    base = {"job": job.name}
+    emit({"type": "started", **base, "host": socket.gethostname(), "pid": os.getpid()})
+    trainer = None
+    last = {"t": 0.0}
+
+    def on_event(e: dict) -> None:
+        if e["type"] == "start":
+            emit({"type": "training", **base, "step": e["step"], "steps": e["steps"], "resumed": e["resumed"]})
+        elif e["type"] == "checkpoint":
+            emit({"type": "checkpoint", **base, "step": e["step"], "steps": e["steps"]})
+        elif e["type"] == "step" and time.time() - last["t"] >= PROGRESS_EVERY_S:
+            last["t"] = time.time()
+            emit({"type": "progress", **base, "step": e["step"], "steps": e["steps"], "phase": "train"})
+        if e["type"] in ("start", "step") and trainer is not None and should_stop():
+            trainer.request_stop("interrupted")
+
+    result = {"type": "finished", **base, "state": "failed", "error": "", "step": 0, "steps": job.steps,
+              "outputs": {}}
+    try:
+        if job.error:
+            from dream3d.errors import Dream3DError
+            raise Dream3DError(job.error)
+        from dream3d.trainer import Trainer
+
+        trainer = Trainer(job.cfg, run_dir, events=on_event)
+        if should_stop():
+            result["state"] = "interrupted"
+        elif trainer.train() != "done":
+            result["state"] = "interrupted"
+        else:
+            outputs: dict[str, str] = {}
+            if job.cfg.export.enabled:
+                from dream3d.export_run import export_run
+
+                emit({"type": "progress", **base, "step": trainer.step, "steps": job.steps, "phase": "export"})
+                files = export_run(run_dir, trainer=trainer)["files"]
+                outputs.update({k: str(v) for k, v in files.items()})
+            outputs["thumbnail"] = str(write_thumbnail(trainer, run_dir / "thumbnail.png"))
+            result.update(state="done", outputs=outputs)
+        result["step"] = trainer.step
+    except KeyboardInterrupt:  # a Ray cancel, or Ctrl-C outside the trainer's signal handling
+        result["state"] = "interrupted"
+        result["step"] = trainer.step if trainer is not None else 0
+    except Exception as e:  # noqa: BLE001 - isolation: any failure is recorded and the batch goes on
+        result.update(state="failed", error=one_line(e), step=trainer.step if trainer is not None else 0)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.log").write_text(traceback.format_exc())
+        except OSError:
+            pass
+    finally:
+        trainer = None  # free the scene (and GPU memory) before the next job
+        gc.collect()
+        _empty_cuda_cache()
+    result["seconds"] = round(time.time() - t0, 3)
+    emit(result)
+    return result
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
