@@ -38,11 +38,10 @@ def _ray_task(job, run_dir: str, events, threads: int) -> dict:
     set_threads(threads)
 
     def emit(e: dict) -> None:
-        if e["type"] != "finished":  # the return value carries the result
-            try:
-                events.put_nowait(e)
-            except Exception:  # noqa: BLE001 - progress is best effort; the result still returns
-                pass
+        try:
+            events.put_nowait(e)
+        except Exception:  # noqa: BLE001 - progress is best effort; the return value carries the result
+            pass
 
     return run_job(job, run_dir, emit)
 
@@ -84,12 +83,16 @@ class RayRunner:
                                                  max_retries=0)
             refs = {task.remote(job, run_dirs[job.name], events, self.cpus_per_job): job for job in jobs}
 
+            reported: set[str] = set()  # jobs whose "finished" event came through the queue
+
             def drain() -> None:
                 try:
                     batch = events.get_nowait_batch(events.qsize())
                 except Empty:
                     return
                 for e in batch:
+                    if e["type"] == "finished":
+                        reported.add(e["job"])
                     on_event(e)
 
             cancelled_at = None
@@ -98,9 +101,11 @@ class RayRunner:
                     drain()
                     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.5)
                     if ready:
-                        drain()  # a job's last events before its result
+                        drain()  # a job's last events, its result included, in the order they were sent
                     for ref in ready:
                         job = refs.pop(ref)
+                        if job.name in reported:
+                            continue
                         try:
                             result = ray.get(ref)
                         except ray.exceptions.TaskCancelledError:

@@ -7,11 +7,14 @@ writer of its jobs' manifest entries; every state change is merged into `batch.j
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Iterator, TextIO
 
 from dream3d.batch.gallery import write_gallery
 from dream3d.batch.jobs import build_jobs, parse_prompts, shard_jobs
@@ -128,7 +131,11 @@ def run_batch(opts: BatchOptions, stream: TextIO = sys.stderr, live: bool | None
 
     interrupted = False
     run_dirs = {j.name: str((batch_dir / j.name).resolve()) for j in todo}
-    with table:
+    skipped = sum(1 for e in entries.values() if e["state"] == "failed")
+    if skipped and not opts.retry_failed:
+        print(f"dream3d batch: {skipped} failed job(s) not retried (add --retry-failed to run them again)",
+              file=stream)
+    with table, _sigterm_as_interrupt():
         try:
             runner.run(todo, run_dirs, on_event)
         except KeyboardInterrupt:
@@ -144,6 +151,23 @@ def run_batch(opts: BatchOptions, stream: TextIO = sys.stderr, live: bool | None
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if counts["failed"] else 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (Slurm time limit, `kill`) stops the batch like Ctrl-C: jobs checkpoint and go back to pending."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _relative(outputs: dict[str, str], batch_dir: Path) -> dict[str, str]:
