@@ -1,5 +1,6 @@
 """Batch job lists without generating anything: parsing, per-job settings, names, shards, manifest, user errors."""
 
+import io
 import json
 import subprocess
 import sys
@@ -160,3 +161,26 @@ def test_cli_mistakes_are_one_line(tmp_path, args, message):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_live_table_fits_the_terminal():
+    from rich.console import Console
+
+    from dream3d.batch.progress import LiveTable
+
+    entries = {
+        "a-red-cube-s0-a1a5acc4": {"name": "a-red-cube-s0-a1a5acc4", "state": "running", "step": 3, "steps": 600,
+                                   "seconds": 12.0, "index": 0, "error": ""},
+        "a-hamburger-s0-a3d32cb3": {"name": "a-hamburger-s0-a3d32cb3", "state": "failed", "step": 0, "steps": 6,
+                                    "seconds": 1.0, "index": 1, "error": "unknown word 'hamburger' " * 10},
+        "a-blue-cube-s0-00000000": {"name": "a-blue-cube-s0-00000000", "state": "pending", "index": 2}}
+    table = LiveTable(entries, live=False)
+    assert table.summary() == "3 jobs: 0 done, 1 failed, 1 running, 1 pending"
+    for width in (80, 160):
+        console = Console(width=width, file=io.StringIO())
+        console.print(table.render(width))
+        text = console.file.getvalue()
+        assert max(len(line) for line in text.splitlines()) <= width
+        for word in ("a-red-cube-s0-a1a5acc4", "a-hamburger-s0-a3d32cb3", "running", "failed", "3/600"):
+            assert word in text, (width, text)
+        assert "a-blue-cube" not in text  # pending jobs are only counted

@@ -23,6 +23,7 @@ class LiveTable:
         self.t0 = time.time()
         self.done_here = 0
         self._live = None
+        self._width = 100
         self._use_live = stream.isatty() if live is None else live
 
     def __enter__(self) -> "LiveTable":
@@ -33,14 +34,16 @@ class LiveTable:
             except ImportError:
                 self._use_live = False
             else:
-                self._live = Live(self.render(), console=Console(file=self.stream), refresh_per_second=2,
+                console = Console(file=self.stream)
+                self._width = console.width
+                self._live = Live(self.render(self._width), console=console, refresh_per_second=2,
                                   transient=False)
                 self._live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         if self._live is not None:
-            self._live.update(self.render())
+            self._live.update(self.render(self._width))
             self._live.__exit__(*exc)
             self._live = None
 
@@ -57,12 +60,17 @@ class LiveTable:
         return (f"{len(self.entries)} jobs: {c['done']} done, {c['failed']} failed, {c['running']} running, "
                 f"{c['pending']} pending{rate}")
 
-    def render(self):
+    def render(self, width: int = 100):
+        """The table for a terminal `width` characters wide (rich)."""
         from rich.table import Table
 
         table = Table(title=self.summary(), title_justify="left", expand=False)
-        for col in ("job", "state", "step", "time", "error / note"):
-            table.add_column(col, overflow="ellipsis", no_wrap=True, max_width=60 if col != "job" else 48)
+        job_w = min(44, max([len(n) for n in self.entries] + [3]))
+        table.add_column("job", overflow="ellipsis", no_wrap=True, min_width=job_w, max_width=job_w)
+        for col, w in (("state", 7), ("step", 12), ("time", 6)):
+            table.add_column(col, no_wrap=True, min_width=w, max_width=w)
+        note_w = max(10, width - job_w - 7 - 12 - 6 - 16)  # 16: borders and padding
+        table.add_column("error / note", overflow="ellipsis", no_wrap=True, max_width=note_w)
         by_state = {s: [e for e in self.entries.values() if e["state"] == s] for s in ("running", "failed", "done")}
         rows = (sorted(by_state["running"], key=lambda e: e.get("index", 0))
                 + sorted(by_state["failed"], key=lambda e: e.get("index", 0))
@@ -79,7 +87,7 @@ class LiveTable:
     def update(self, name: str | None = None, changed_state: bool = False) -> None:
         """Redraw (live) or print one line for a job whose state changed (plain)."""
         if self._live is not None:
-            self._live.update(self.render())
+            self._live.update(self.render(self._width))
         elif changed_state and name is not None:
             e = self.entries[name]
             detail = e.get("error") or e.get("note") or (f"{e.get('seconds', 0):.1f} s" if e["state"] == "done"

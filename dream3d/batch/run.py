@@ -89,9 +89,12 @@ def run_batch(opts: BatchOptions, stream: TextIO = sys.stderr, live: bool | None
     base_seconds: dict[str, float] = {}
     table = LiveTable(entries, stream=stream, live=live)
 
-    def save(name: str) -> None:
+    def tick(name: str) -> None:  # wall time over all attempts, the current one included
         if name in attempt_t0:
             entries[name]["seconds"] = round(base_seconds[name] + time.time() - attempt_t0[name], 2)
+
+    def save(name: str) -> None:
+        tick(name)
         manifest.merge([entries[name]], on_write=gallery)
 
     def on_event(ev: dict) -> None:
@@ -125,6 +128,8 @@ def run_batch(opts: BatchOptions, stream: TextIO = sys.stderr, live: bool | None
             changed = True
         if kind != "progress":
             save(name)
+        else:
+            tick(name)
         if kind == "finished":
             attempt_t0.pop(name, None)
         table.update(name, changed)
