@@ -154,13 +154,53 @@ def test_manifest_merge_keeps_other_processes_entries(tmp_path):
     (["{p}", "guidance.scale=3"], "unknown config key 'guidance.scale'"),
     (["{p}", "extra-word"], "unexpected argument 'extra-word'"),
 ])
-def test_cli_mistakes_are_one_line(tmp_path, args, message):
+def test_cli_mistakes_are_one_line(tmp_path, capsys, args, message):
+    from dream3d.cli import main
+
     p = write(tmp_path / "p.txt", "a red cube\n")
-    r = subprocess.run([sys.executable, "-m", "dream3d.cli", "batch", *[a.format(p=p) for a in args],
-                        "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
+    code = main(["batch", *[a.format(p=p) for a in args], "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().count("\n") == 0 and err.startswith("dream3d: error: ") and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_exit_status_for_a_mistake_in_a_real_process(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "dream3d.cli", "batch", str(tmp_path / "none.txt")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == f"dream3d: error: prompts file not found: {tmp_path / 'none.txt'}"
+
+
+def test_jobs_of_one_worker_share_its_prior_and_give_the_same_result(tmp_path):
+    """run_job in-process: events, outputs, and a reused prior changes nothing."""
+    import torch
+    from safetensors.torch import load_file
+
+    from dream3d.batch import worker
+
+    tiny = ["steps=4", "checkpoint_every=2", "device=cpu", "geometry.n_levels=4", "geometry.log2_hashmap_size=12",
+            "geometry.mlp_width=16", "render.batch_size=1", "render.samples_per_ray=24", "export.enabled=false"]
+    (job,) = build_jobs(parse_prompts(write(tmp_path / "p.txt", "a red cube\n")), overrides=tiny)
+    worker._prior_cache.clear()
+    runs, priors = {}, []
+    for name in ("first", "second", "fresh"):
+        if name == "fresh":
+            worker._prior_cache.clear()
+        events = []
+        result = worker.run_job(job, tmp_path / name, events.append)
+        assert result["state"] == "done", result
+        assert [e["type"] for e in events][:2] == ["started", "training"] and events[-1] is result
+        assert {e["type"] for e in events} <= {"started", "training", "progress", "checkpoint", "finished"}
+        priors.append(next(iter(worker._prior_cache.values())))
+        runs[name] = load_file(str(tmp_path / name / "checkpoint" / "tensors.safetensors"))
+        assert Path(result["outputs"]["thumbnail"]).is_file()
+    assert priors[0] is priors[1] and priors[2] is not priors[0]
+    from PIL import Image
+    assert Image.open(tmp_path / "first" / "thumbnail.png").size == (worker.THUMBNAIL_SIZE, worker.THUMBNAIL_SIZE)
+    for name in ("second", "fresh"):
+        for k, v in runs["first"].items():
+            if k.startswith("renderer."):
+                torch.testing.assert_close(runs[name][k], v, rtol=1e-5, atol=1e-6, msg=f"{name}: {k}")
 
 
 def test_live_table_fits_the_terminal():

@@ -1,7 +1,7 @@
 """One batch job, run inside a worker (a spawned process or a Ray task): the ordinary generation path.
 
 `run_job` builds a `Trainer` for the job's resolved config in its run folder (so a folder that holds a
-checkpoint is resumed from it), trains, exports (`export_run`, as `dream3d generate` does), renders a thumbnail,
+checkpoint is resumed from it; the worker's prior is reused across its jobs), trains, exports (`export_run`, as `dream3d generate` does), renders a thumbnail,
 and reports events through `emit`. Any exception becomes a "failed" result with a one-line error (the full
 traceback goes to `<run>/error.log`), so one bad job never stops the worker.
 
@@ -25,6 +25,8 @@ from typing import Callable
 
 PROGRESS_EVERY_S = 0.5
 THUMBNAIL_SIZE = 128
+PRIOR_MUTATING_METHODS = ("vsd",)  # VSD adds a LoRA and a hook to the prior's UNet: such jobs load their own
+_prior_cache: dict[tuple[str, str], object] = {}  # this worker's last prior, reused by its next jobs
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
@@ -58,6 +60,22 @@ def write_thumbnail(trainer, path: Path, size: int = THUMBNAIL_SIZE) -> Path:
     return path
 
 
+def shared_prior(cfg):
+    """The prior for `cfg`, loaded once per worker and reused by jobs with the same prior and device (None for
+    methods that modify the prior; the Trainer then loads a fresh one). Only the last prior is kept."""
+    if cfg.guidance.method in PRIOR_MUTATING_METHODS:
+        return None
+    from dream3d.priors import load_prior
+    from dream3d.system import resolve_device
+
+    device = resolve_device(cfg.device)
+    key = (cfg.prior, str(device))
+    if key not in _prior_cache:
+        _prior_cache.clear()
+        _prior_cache[key] = load_prior(cfg.prior or None, device=device)
+    return _prior_cache[key]
+
+
 def run_job(job, run_dir: str | Path, emit: Callable[[dict], None],
             should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Run (or resume) one `jobs.Job` in `run_dir`; returns the "finished" event (also emitted)."""
@@ -87,7 +105,7 @@ def run_job(job, run_dir: str | Path, emit: Callable[[dict], None],
             raise Dream3DError(job.error)
         from dream3d.trainer import Trainer
 
-        trainer = Trainer(job.cfg, run_dir, events=on_event)
+        trainer = Trainer(job.cfg, run_dir, prior=shared_prior(job.cfg), events=on_event)
         if should_stop():
             result["state"] = "interrupted"
         elif trainer.train() != "done":
