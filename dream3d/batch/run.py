@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 from dream3d.batch.gallery import write_gallery
 from dream3d.batch.jobs import build_jobs, parse_prompts, shard_jobs
@@ -85,54 +85,8 @@ def run_batch(opts: BatchOptions, stream: TextIO = sys.stderr, live: bool | None
     gallery = lambda data: write_gallery(batch_dir, data)  # noqa: E731
     manifest.merge([new_entry(j) for j in jobs], add_only=True)  # every job is listed, whichever shard runs it
     manifest.merge(entries.values(), on_write=gallery, prompts=str(prompts.resolve()))
-    attempt_t0: dict[str, float] = {}
-    base_seconds: dict[str, float] = {}
     table = LiveTable(entries, stream=stream, live=live)
-
-    def tick(name: str) -> None:  # wall time over all attempts, the current one included
-        if name in attempt_t0:
-            entries[name]["seconds"] = round(base_seconds[name] + time.time() - attempt_t0[name], 2)
-
-    def save(name: str) -> None:
-        tick(name)
-        manifest.merge([entries[name]], on_write=gallery)
-
-    def on_event(ev: dict) -> None:
-        name, kind = ev["job"], ev["type"]
-        e = entries.get(name)
-        if e is None:
-            return
-        changed = False
-        if kind == "started":
-            attempt_t0[name], base_seconds[name] = time.time(), float(e.get("seconds") or 0.0)
-            e.update(state="running", started=now(), finished=None, error="", attempts=e.get("attempts", 0) + 1,
-                     worker={"host": ev.get("host"), "pid": ev.get("pid")})
-            changed = True
-        elif kind == "training":
-            e.update(step=ev["step"], steps=ev["steps"], resumed_from=ev["step"])
-            table.phase[name] = "train"
-        elif kind in ("progress", "checkpoint"):
-            e["step"] = ev["step"]
-            table.phase[name] = ev.get("phase", "train")
-        elif kind == "finished":
-            state = ev["state"]
-            if ev.get("step") is not None:
-                e["step"] = ev["step"]
-            if state == "interrupted":
-                e.update(state="pending", note=f"interrupted at step {e.get('step') or 0}")
-            else:
-                e.update(state=state, error=ev.get("error", ""), finished=now(), note="" if state == "done" else
-                         e.get("note", ""),
-                         outputs=_relative(ev.get("outputs") or {}, batch_dir) if state == "done" else {})
-                table.done_here += state == "done"
-            changed = True
-        if kind != "progress":
-            save(name)
-        else:
-            tick(name)
-        if kind == "finished":
-            attempt_t0.pop(name, None)
-        table.update(name, changed)
+    tracker = _Tracker(entries, manifest, table, batch_dir, on_write=gallery)
 
     interrupted = False
     run_dirs = {j.name: str((batch_dir / j.name).resolve()) for j in todo}
@@ -142,20 +96,83 @@ def run_batch(opts: BatchOptions, stream: TextIO = sys.stderr, live: bool | None
               file=stream)
     with table, _sigterm_as_interrupt():
         try:
-            runner.run(todo, run_dirs, on_event)
+            runner.run(todo, run_dirs, tracker.on_event)
         except KeyboardInterrupt:
             interrupted = True
         finally:  # whatever happened, no job of ours stays "running"
-            for name, e in entries.items():
-                if e["state"] == "running":
-                    e.update(state="pending", note=f"interrupted at step {e.get('step') or 0}")
-                    save(name)
+            tracker.release_running()
     counts = table.counts()
     print(f"dream3d batch: {table.summary()}; gallery: {batch_dir / 'index.html'}", file=stream)
     print(batch_dir)
     if interrupted:
         return EXIT_INTERRUPTED
     return EXIT_FAILED if counts["failed"] else 0
+
+
+class _Tracker:
+    """Applies runner events to this process's manifest entries, saves them and redraws the table."""
+
+    def __init__(self, entries: dict[str, dict], manifest: Manifest, table: LiveTable, batch_dir: Path,
+                 on_write: Callable[[dict], None]):
+        self.entries, self.manifest, self.table, self.batch_dir = entries, manifest, table, batch_dir
+        self.on_write = on_write
+        self.attempt_t0: dict[str, float] = {}
+        self.base_seconds: dict[str, float] = {}
+
+    def tick(self, name: str) -> None:
+        """Wall time over all attempts, the current one included."""
+        if name in self.attempt_t0:
+            self.entries[name]["seconds"] = round(self.base_seconds[name] + time.time() - self.attempt_t0[name], 2)
+
+    def save(self, name: str) -> None:
+        self.tick(name)
+        self.manifest.merge([self.entries[name]], on_write=self.on_write)
+
+    def on_event(self, ev: dict) -> None:
+        """One worker event (see `dream3d.batch.worker`)."""
+        name, kind = ev["job"], ev["type"]
+        e = self.entries.get(name)
+        if e is None:
+            return
+        if kind == "started":
+            self.attempt_t0[name], self.base_seconds[name] = time.time(), float(e.get("seconds") or 0.0)
+            e.update(state="running", started=now(), finished=None, error="", attempts=e.get("attempts", 0) + 1,
+                     worker={"host": ev.get("host"), "pid": ev.get("pid")})
+        elif kind == "training":
+            e.update(step=ev["step"], steps=ev["steps"], resumed_from=ev["step"])
+            self.table.phase[name] = "train"
+        elif kind in ("progress", "checkpoint"):
+            e["step"] = ev["step"]
+            self.table.phase[name] = ev.get("phase", "train")
+        elif kind == "finished":
+            self._finish(e, ev)
+        if kind == "progress":
+            self.tick(name)
+        else:
+            self.save(name)
+        if kind == "finished":
+            self.attempt_t0.pop(name, None)
+        self.table.update(name, changed_state=kind in ("started", "finished"))
+
+    def _finish(self, e: dict, ev: dict) -> None:
+        if ev.get("step") is not None:
+            e["step"] = ev["step"]
+        state = ev["state"]
+        if state == "interrupted":
+            e.update(state="pending", note=f"interrupted at step {e.get('step') or 0}")
+        elif state == "done":
+            e.update(state="done", error="", note="", finished=now(),
+                     outputs=_relative(ev.get("outputs") or {}, self.batch_dir))
+            self.table.done_here += 1
+        else:
+            e.update(state="failed", error=ev.get("error", ""), finished=now(), outputs={})
+
+    def release_running(self) -> None:
+        """Jobs still marked running (the batch is stopping) go back to pending."""
+        for name, e in self.entries.items():
+            if e["state"] == "running":
+                e.update(state="pending", note=f"interrupted at step {e.get('step') or 0}")
+                self.save(name)
 
 
 @contextlib.contextmanager
