@@ -222,7 +222,8 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
         with gr.Row():
             preview = gr.Image(label="Preview (4 views around the object)", type="filepath", interactive=False,
                                elem_id=f"{prefix}-preview", height=200)
-            loss = gr.LinePlot(x="step", y="loss", label="Loss", elem_id=f"{prefix}-loss", height=200)
+            loss = gr.LinePlot(x="step", y="loss", label="Loss", elem_id=f"{prefix}-loss", height=200,
+                               y_axis_format=".3~s")  # short tick labels: 1.5k
         with gr.Row():
             model = gr.Model3D(label="3D model (GLB)", elem_id=f"{prefix}-model3d", clear_color=(1, 1, 1, 1),
                                height=360)
@@ -262,7 +263,7 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
                 with gr.Row():
                     with gr.Column(scale=1):
                         with gr.Row():
-                            source = gr.Dropdown(label="Run to edit (finished runs)", choices=[],
+                            source = gr.Dropdown(label="Run to edit (finished runs)", choices=[], allow_custom_value=True,
                                                  elem_id="edit-source", scale=4)
                             edit_refresh = gr.Button("↻", elem_id="edit-refresh", scale=1, min_width=40)
                         target = gr.Textbox(label="Target prompt", placeholder="a blue cube", elem_id="edit-prompt")
@@ -283,7 +284,7 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
                         ed = panel("edit")
             with gr.Tab("Gallery", id="gallery"):
                 with gr.Row():
-                    choice = gr.Dropdown(label="Open a run", choices=[], elem_id="open-run", scale=4)
+                    choice = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=True, elem_id="open-run", scale=4)
                     refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh", scale=1)
                 gallery = gr.Gallery(label="Past runs (newest first)", columns=5, height=300, allow_preview=False,
                                      elem_id="gallery")
