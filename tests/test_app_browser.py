@@ -150,6 +150,7 @@ def test_stop_keeps_partial_result_in_gallery(app, page):
     meta = json.loads((run / "checkpoint" / "meta.json").read_text())
     assert run_status(run)["state"] == "stopped" and meta["step"] == step and 3 <= step < 20000
     check_glb(run / "export" / "model.glb")
+    print(f"\nstop: {seconds:.1f} s from the click to the stopped status (export included), at step {step}")
     assert seconds < 20, f"the stop took {seconds:.1f} s"  # stop after the current step, then a tiny export
 
     # the partial result is in the gallery and reopens with its 3D model
@@ -213,3 +214,24 @@ def test_api_streams_previews_and_ends_with_glb(app):
     check_glb(Path(edited[3]))
     cfg = Path(edited[5]).read_text()
     assert "method: dds" in cfg and "prompt: a blue cone" in cfg and "source_prompt: a green cone" in cfg
+
+
+def test_file_server_and_loss_frame(tmp_path):
+    need_gradio()
+    from dream3d.app.ui import FileServer, loss_frame
+
+    serve = FileServer()
+    f = tmp_path / "model.glb"
+    f.write_bytes(b"glTF....")
+    assert serve(f) == str(f.resolve())  # under the temp folder: gradio may serve it as it is
+    assert serve(None) is None and serve(tmp_path / "missing.glb") is None
+    serve.roots = []  # as for an --outputs folder outside the working directory and the temp folder
+    staged = Path(serve(f))
+    assert staged != f.resolve() and staged.name == "model.glb" and staged.read_bytes() == b"glTF...."
+    assert staged.parent.parent == serve.staging and serve.staging.name.startswith("dream3d-app-")
+
+    df = loss_frame([(i, float(i) / 2) for i in range(1, 1001)])
+    assert len(df) <= 401 and df["step"].iloc[0] == 1 and df["step"].iloc[-1] == 1000
+    assert (df["loss"] == df["step"] / 2).all()
+    empty = loss_frame([])
+    assert len(empty) == 0 and str(empty["step"].dtype) == "int64" and str(empty["loss"].dtype) == "float64"

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from dream3d.errors import Dream3DError
@@ -88,10 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     except Dream3DError as e:
         print(f"app.py: error: {e}", file=sys.stderr)
         return 2
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C: running jobs stop with a checkpoint and an export
     try:
-        demo.launch(**kwargs)
+        demo.launch(prevent_thread_lock=True, **kwargs)
+        while True:  # our own wait, so that runs are stopped before the server waits for their pages
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
+        print("app.py: stopping runs (each keeps its checkpoint and an export)...", file=sys.stderr)
         demo.run_manager.shutdown()
+        demo.close()
     return 0

@@ -34,6 +34,12 @@ class RunInfo:
     mtime: float
 
     @property
+    def thumbnail(self) -> Path | None:
+        """The gallery image: the turntable GIF (one view at a time) or else the latest preview strip."""
+        gif = self.path / "turntable.gif"
+        return gif if gif.is_file() else self.preview
+
+    @property
     def caption(self) -> str:
         """'a red cube · sds · done 1200/1200' (gallery caption)."""
         return f"{self.prompt} · {self.method} · {self.state} {self.step}/{self.steps}"
@@ -69,6 +75,22 @@ def obj_zip(run_dir: Path) -> Path | None:
             z.write(p, arcname=p.name)
     tmp.replace(out)
     return out
+
+
+def read_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) from metrics.jsonl, one per step (the last one where a resumed run repeated steps)."""
+    losses: dict[int, float] = {}
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            losses[int(row["step"])] = float(row["loss"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    return sorted(losses.items())
 
 
 def read_run(run_dir: Path) -> RunInfo:

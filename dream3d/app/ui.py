@@ -20,7 +20,7 @@ import gradio as gr  # this module is imported only to build the UI
 
 from dream3d.app import forms
 from dream3d.app.jobs import DONE, STOPPED, RunManager
-from dream3d.app.runs import list_runs, read_run, reserve_run_dir, resolve_run
+from dream3d.app.runs import list_runs, read_losses, read_run, reserve_run_dir, resolve_run
 from dream3d.app.status import error_html, info_html, job_html
 from dream3d.errors import Dream3DError
 
@@ -28,6 +28,9 @@ CSS = """
 .d3-status {font-size: 1rem; padding: 2px 0; min-height: 1.5em}
 .d3-status progress {display: block; width: 100%; height: 14px; margin-bottom: 4px}
 .d3-error {color: #c0392b; font-weight: 600}
+#gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(160px, 220px)) !important;
+                          grid-auto-rows: auto !important}
+#gallery .thumbnail-item {aspect-ratio: 1}
 """
 INTRO = """# dream3d
 Text to 3D by score distillation. The bundled prior knows the shapes world: prompts like *a red cube*,
@@ -192,8 +195,8 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
     def refresh():
         """Gallery items, their run names, and the choices of the run pickers."""
         runs = list_runs(outputs)
-        shown = [r for r in runs if r.preview is not None]
-        items = [(serve(r.preview), r.caption) for r in shown]
+        shown = [r for r in runs if r.thumbnail is not None]
+        items = [(serve(r.thumbnail), r.caption) for r in shown]
         all_choices = [(f"{r.name} — {r.caption}", r.name) for r in runs]
         editable = [(f"{r.name} — {r.caption}", r.name) for r in runs
                     if r.state in (DONE, STOPPED) and r.step > 0 and r.has_checkpoint]
@@ -204,17 +207,18 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
         return names[evt.index] if evt is not None and 0 <= evt.index < len(names) else gr.skip()
 
     def open_run(name):
-        """A past run's status, preview, GLB, files and turntable."""
+        """A past run's status, preview, loss curve, GLB (viewer and download), OBJ zip, config and turntable."""
         if not name:
-            return info_html("choose a run"), None, None, None, None, None, None
+            return info_html("choose a run"), None, None, None, None, None, None, None
         try:
-            info = read_run(resolve_run(outputs, name))
+            run_dir = resolve_run(outputs, name)
         except Dream3DError as e:
-            return error_html(str(e)), None, None, None, None, None, None
+            return error_html(str(e)), None, None, None, None, None, None, None
+        info = read_run(run_dir)
         text = (f"{info.name}: '{info.prompt}' · {info.method} · {info.state} at step {info.step}/{info.steps}"
                 + ("" if info.glb else " · no export yet"))
-        return (info_html(text, info.state), serve(info.preview), serve(info.glb), serve(info.glb),
-                serve(info.obj_zip), serve(info.config), serve(info.video))
+        return (info_html(text, info.state), serve(info.preview), loss_frame(read_losses(run_dir)), serve(info.glb),
+                serve(info.glb), serve(info.obj_zip), serve(info.config), serve(info.video))
 
     # --- layout ------------------------------------------------------------------------------------------------
     def panel(prefix: str) -> Panel:
@@ -286,8 +290,8 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
                 with gr.Row():
                     choice = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=True, elem_id="open-run", scale=4)
                     refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh", scale=1)
-                gallery = gr.Gallery(label="Past runs (newest first)", columns=5, height=300, allow_preview=False,
-                                     elem_id="gallery")
+                gallery = gr.Gallery(label="Past runs (newest first; click one to open it)", columns=5, height="auto",
+                                     object_fit="contain", allow_preview=False, elem_id="gallery")
                 names = gr.State([])
                 shown = panel("open")
 
@@ -317,7 +321,7 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
 
         refresh_btn.click(refresh, outputs=refresh_outputs, api_name="runs")
         gallery.select(pick, names, choice, **private)
-        choice.change(open_run, choice, [shown.status, shown.preview, shown.model, shown.glb, shown.obj,
+        choice.change(open_run, choice, [shown.status, shown.preview, shown.loss, shown.model, shown.glb, shown.obj,
                                          shown.config, shown.video], api_name="open_run")
         demo.load(refresh, outputs=refresh_outputs, **private)
     demo.run_manager = manager  # for tests and shutdown
