@@ -5,7 +5,6 @@ import json
 import threading
 import time
 import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -214,3 +213,16 @@ def test_launch_safety(capsys):
             check_exposure(host, share, None)
     assert main(["--host", "0.0.0.0", "--outputs", "unused"]) == 2
     assert "needs a login: add --auth USER:PASS" in capsys.readouterr().err
+
+
+def test_shutdown_stops_running_and_waiting_jobs(tmp_path):
+    gate = Gate()
+    m = RunManager(gate, runs_per_device=1, max_queue=4)
+    a, b = (m.submit("generate", cfg(), tmp_path / n, owner="s1", device="cpu") for n in "ab")
+    wait_for(lambda: a.state == RUNNING, what="a running")
+    assert m.active("s1") == [a, b] and m.active("s2") == [] and m.active("s1", "edit") == []
+    m.shutdown(timeout=10)
+    assert a.state == b.state == STOPPED and b.message == "stopped before it started"
+    assert gate.started == [a.id]
+    with pytest.raises(Dream3DError, match="shutting down"):
+        m.submit("generate", cfg(), tmp_path / "c", device="cpu")

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from dream3d.config import RunConfig, apply_yaml_text, load_config
-from dream3d.errors import ConfigError, Dream3DError, PromptError
+from dream3d.errors import ConfigError, PromptError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 EDITOR_HELP = """\
@@ -22,6 +22,8 @@ EDITOR_HELP = """\
 # render: {height: 64, width: 64}
 # export: {resolution: 128, turntable: false}
 """
+EDIT_EDITOR_HELP = EDITOR_HELP.replace("the method's recipe (configs/<method>.yaml)",
+                                      "the source run's config and configs/dds-edit.yaml")
 
 
 def methods() -> dict[str, Path | None]:
@@ -48,6 +50,12 @@ def method_config(method: str) -> RunConfig:
     cfg = load_config(table[method])
     cfg.guidance.method = method
     return cfg
+
+
+def edit_guidance_scale() -> float:
+    """The DDS guidance scale of configs/dds-edit.yaml (the Edit tab's default)."""
+    path = CONFIG_DIR / "dds-edit.yaml"
+    return load_config(path if path.is_file() else None).guidance.guidance_scale
 
 
 def _number(value, name: str, integer: bool) -> float | int | None:
@@ -124,5 +132,5 @@ def describe(cfg: RunConfig) -> str:
             f"export {'off' if not e.enabled else f'{e.resolution}^3 grid, {e.texture_size}px texture'}")
 
 
-__all__ = ["EDITOR_HELP", "Dream3DError", "describe", "edit_config_from_form", "generate_config", "method_config",
-           "methods"]
+__all__ = ["EDITOR_HELP", "EDIT_EDITOR_HELP", "describe", "edit_config_from_form", "edit_guidance_scale",
+           "generate_config", "method_config", "methods"]

@@ -27,6 +27,7 @@ log = logging.getLogger("dream3d.app")
 WAITING, STARTING, RUNNING, EXPORTING = "queued", "starting", "running", "exporting"
 DONE, STOPPED, FAILED = "done", "stopped", "failed"
 FINAL_STATES = (DONE, STOPPED, FAILED)
+KEEP_FINISHED = 100  # finished jobs remembered (their results stay in the run folders anyway)
 
 
 class QueueFullError(Dream3DError):
@@ -147,6 +148,9 @@ class RunManager:
             job = Job(id=f"job{next(self._ids)}", kind=kind, cfg=cfg, run_dir=Path(run_dir), device=device,
                       owner=owner, steps=int(cfg.steps))
             self._jobs[job.id] = job
+            finished = [k for k, j in self._jobs.items() if j.is_final]
+            for k in finished[:max(0, len(finished) - KEEP_FINISHED)]:  # forget the oldest finished jobs
+                del self._jobs[k]
             self._waiting.setdefault(device, deque()).append(job)
             self._ensure_workers(device)
             self._cond.notify_all()
@@ -199,8 +203,9 @@ class RunManager:
 
     def active(self, owner: str, kind: str | None = None) -> list[Job]:
         """Unfinished jobs started by `owner` (of `kind` if given), oldest first."""
-        return [j for j in self._jobs.values()
-                if j.owner == owner and not j.is_final and (kind is None or j.kind == kind)]
+        with self._cond:
+            jobs = list(self._jobs.values())
+        return [j for j in jobs if j.owner == owner and not j.is_final and (kind is None or j.kind == kind)]
 
     def stop(self, job: Job) -> None:
         """Cancel a waiting job, or ask a running one to stop after its current step (it keeps what was made)."""

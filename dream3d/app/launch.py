@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import os
 import signal
 import sys
@@ -80,11 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
         auth = parse_auth(a.auth)
+        check_exposure(a.host, a.share, auth)
+        if importlib.util.find_spec("gradio") is None:
+            raise Dream3DError("the web app needs gradio: pip install -e '.[app]'")
         kwargs = launch_kwargs(a.host, a.port, auth, a.share)
-        try:
-            import gradio  # noqa: F401
-        except ImportError:
-            raise Dream3DError("the web app needs gradio: pip install -e '.[app]'") from None
         _quiet_libraries()
         demo = create(a.outputs, a.runs_per_device, a.max_queue, a.preview_seconds)
     except Dream3DError as e:

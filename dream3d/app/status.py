@@ -23,7 +23,7 @@ def error_html(message: str) -> str:
 
 
 def info_html(message: str, state: str = "info") -> str:
-    return f'<div class="d3-status" data-state="{state}">{html.escape(message)}</div>'
+    return f'<div class="d3-status" data-state="{html.escape(state)}">{html.escape(message)}</div>'
 
 
 def job_html(job: Job, snap: dict, position: int) -> str:

@@ -170,12 +170,10 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
         yield from follow(job)
 
     def stopper(kind: str):
-        def stop(request: gr.Request = None) -> str:
+        def stop(request: gr.Request = None) -> None:
             """Stop this page's running (or waiting) run; it keeps its checkpoint and export."""
-            jobs = manager.active(owner_of(request), kind)
-            for job in jobs:
+            for job in manager.active(owner_of(request), kind):
                 manager.stop(job)
-            return f"stop requested for {len(jobs)} run(s)"
         return stop
 
     def check_config(method, prior, steps, seed, guidance_scale, config_text) -> str:
@@ -267,19 +265,18 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
                 with gr.Row():
                     with gr.Column(scale=1):
                         with gr.Row():
-                            source = gr.Dropdown(label="Run to edit (finished runs)", choices=[], allow_custom_value=True,
-                                                 elem_id="edit-source", scale=4)
+                            source = gr.Dropdown(label="Run to edit (finished runs)", choices=[], scale=4,
+                                                 allow_custom_value=True, elem_id="edit-source")
                             edit_refresh = gr.Button("↻", elem_id="edit-refresh", scale=1, min_width=40)
                         target = gr.Textbox(label="Target prompt", placeholder="a blue cube", elem_id="edit-prompt")
                         source_prompt = gr.Textbox(label="Source prompt (default: the run's prompt)",
                                                    elem_id="edit-source-prompt")
                         with gr.Row():
                             edit_steps = gr.Number(value=400, precision=0, label="Steps", elem_id="edit-steps")
-                            edit_scale = gr.Number(value=7.5, label="Guidance scale", elem_id="edit-scale")
+                            edit_scale = gr.Number(value=forms.edit_guidance_scale(), label="Guidance scale",
+                                                   elem_id="edit-scale")
                         with gr.Accordion("Advanced config (YAML)", open=False, elem_id="edit-advanced"):
-                            edit_editor = gr.Code(value=forms.EDITOR_HELP.replace("the method's recipe "
-                                                  "(configs/<method>.yaml)", "the source run's config and "
-                                                  "configs/dds-edit.yaml"), language="yaml",
+                            edit_editor = gr.Code(value=forms.EDIT_EDITOR_HELP, language="yaml",
                                                   elem_id="edit-config-editor")
                         with gr.Row():
                             edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-btn")
@@ -288,7 +285,8 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
                         ed = panel("edit")
             with gr.Tab("Gallery", id="gallery"):
                 with gr.Row():
-                    choice = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=True, elem_id="open-run", scale=4)
+                    choice = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=True, elem_id="open-run",
+                                         scale=4)
                     refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh", scale=1)
                 gallery = gr.Gallery(label="Past runs (newest first; click one to open it)", columns=5, height="auto",
                                      object_fit="contain", allow_preview=False, elem_id="gallery")
