@@ -59,7 +59,11 @@ def score_geometry(renderer, shape: str, grid_resolution: int = 128, export_reso
 def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: list[int] = (0, 1),
                  steps: int | None = None, json_path: str | None = None, config: str | None = None,
                  out_root: str = "outputs/bench", overrides: list[str] = (), log=print) -> list[dict]:
-    """Run every (method, prompt, seed); print a per-row line and a mean table; return the rows."""
+    """Run every (method, prompt, seed); print a per-row line and a mean table; return the rows.
+
+    With `json_path`, rows already in that file (same method, prompt, seed and steps) are kept and not rerun, so an
+    interrupted benchmark continues where it stopped.
+    """
     from dream3d.trainer import Trainer
 
     prompts = default_prompts()
@@ -70,6 +74,10 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
         prompts = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     parsed = [parse_prompt(p) for p in prompts]  # shapes-world prompts only: the truth must be known
     rows: list[dict] = []
+    if json_path and Path(json_path).is_file():
+        rows = json.loads(Path(json_path).read_text())
+        log(f"continuing {json_path}: {len(rows)} rows already done")
+    done = {(r["method"], r["prompt"], r["seed"], r.get("steps")) for r in rows}
     prior = None
     for method in methods:
         cfg_file = config or (Path(__file__).resolve().parents[1] / "configs" / f"{method}.yaml")
@@ -77,6 +85,8 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
             cfg_file = None
         for prompt, sp in zip(prompts, parsed):
             for seed in seeds:
+                if (method, prompt, seed, steps) in done:
+                    continue
                 over = [f"guidance.method={method}", f"seed={seed}", "export.enabled=false", *overrides]
                 if steps is not None:
                     over.append(f"steps={steps}")
@@ -89,7 +99,8 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
                 trainer.train(handle_signals=False)
                 seconds = time.time() - t0
                 scores = score_geometry(trainer.renderer.eval(), sp.shape)
-                row = {"method": method, "prompt": prompt, "seed": seed, **scores, "seconds": round(seconds, 1)}
+                row = {"method": method, "prompt": prompt, "seed": seed, "steps": steps, **scores,
+                       "seconds": round(seconds, 1)}
                 rows.append(row)
                 log(f"{method:5s} {prompt:22s} seed {seed}: iou {row['iou']:.3f} sil {row['silhouette_iou']:.3f} "
                     f"chamfer {row['chamfer']:.4f} ({row['seconds']:.0f} s)")

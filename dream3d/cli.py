@@ -108,25 +108,34 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return run_and_export(cfg, run_dir)
 
 
-def cmd_edit(a: argparse.Namespace) -> int:
+def edit_config(source: str | Path, prompt: str, source_prompt: str | None = None, config: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()):
+    """The RunConfig of a DDS edit of the finished run `source` towards `prompt` (CLI `edit` and the app)."""
     from dream3d.config import load_config
-    from dream3d.trainer import default_run_dir, resume_config
+    from dream3d.trainer import resume_config
 
-    source = Path(a.run_dir)
+    source = Path(source)
     src_cfg = resume_config(source)
-    if not a.prompt or not a.prompt.strip():
+    if not prompt or not prompt.strip():
         raise Dream3DError("give the target prompt, e.g. dream3d edit RUN_DIR --prompt \"a blue cube\"")
+    edit_yaml = Path(__file__).resolve().parents[1] / "configs" / "dds-edit.yaml"
+    cfg = load_config(config or (edit_yaml if edit_yaml.is_file() else None), overrides, base=src_cfg)
+    cfg.guidance.method = "dds"
+    cfg.prompt, cfg.name = prompt, ""
+    cfg.guidance.source_prompt = source_prompt or src_cfg.prompt
+    cfg.edit_source = str(source.resolve())
+    return cfg
+
+
+def cmd_edit(a: argparse.Namespace) -> int:
+    from dream3d.trainer import default_run_dir
+
     texts, overrides = split_words(a.words)
     if texts:
         raise Dream3DError(f"unexpected argument {texts[0]!r}; overrides look like key=value")
     if a.steps is not None:
         overrides.append(f"steps={a.steps}")
-    edit_yaml = Path(__file__).resolve().parents[1] / "configs" / "dds-edit.yaml"
-    cfg = load_config(a.config or (edit_yaml if edit_yaml.is_file() else None), overrides, base=src_cfg)
-    cfg.guidance.method = "dds"
-    cfg.prompt, cfg.name = a.prompt, ""
-    cfg.guidance.source_prompt = a.source_prompt or src_cfg.prompt
-    cfg.edit_source = str(source.resolve())
+    cfg = edit_config(a.run_dir, a.prompt, a.source_prompt, a.config, overrides)
     run_dir = Path(a.out) if a.out else default_run_dir(cfg)
     return run_and_export(cfg, run_dir, "edit")
 

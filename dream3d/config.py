@@ -254,11 +254,7 @@ def load_config(config_file: str | Path | None = None, overrides: typing.Sequenc
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
-        _apply(cfg, data)
+        _apply(cfg, _parse_yaml(path.read_text(), str(path)))
     for item in overrides:
         key, value = _parse_override(item)
         if key.endswith("prompt") and not isinstance(value, str):
@@ -266,6 +262,21 @@ def load_config(config_file: str | Path | None = None, overrides: typing.Sequenc
         _apply(cfg, _nest(key, value))
     validate(cfg)
     return cfg
+
+
+def _parse_yaml(text: str, source: str) -> dict:
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse {source}: {str(e).splitlines()[0]}") from None
+
+
+def apply_yaml_text(cfg: RunConfig, text: str, source: str = "the config") -> RunConfig:
+    """A validated copy of `cfg` with the YAML mapping `text` applied (the app's config editor). Raises ConfigError."""
+    out = copy.deepcopy(cfg)
+    _apply(out, _parse_yaml(text, source))
+    validate(out)
+    return out
 
 
 def get(cfg: RunConfig, key: str):

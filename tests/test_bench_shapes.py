@@ -39,3 +39,31 @@ def test_surface_samples_lie_on_every_surface():
         pts = surface_samples(shape, 2000, torch.Generator().manual_seed(0))
         assert pts.shape[0] == 2000 and torch.isfinite(pts).all()
         assert sdf(shape, pts).abs().max() < 2e-3, shape
+
+
+def test_bench_continues_from_its_json(tmp_path, monkeypatch):
+    """Rows already in the JSON file are kept and not rerun; only the missing ones would be trained."""
+    import json
+
+    import dream3d.trainer
+    from dream3d.bench_shapes import bench_shapes
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n# a comment\na blue torus\n")
+    done = [{"method": "sds", "prompt": p, "seed": 0, "steps": 50, "iou": 0.8, "silhouette_iou": 0.9,
+             "chamfer": 0.02, "seconds": 1.0} for p in ("a red cube", "a blue torus")]
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(done))
+    trained = []
+
+    class NoTraining:
+        def __init__(self, cfg, *args, **kwargs):
+            trained.append(cfg.prompt)
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(dream3d.trainer, "Trainer", NoTraining)
+    rows = bench_shapes(["sds"], str(prompts), seeds=[0], steps=50, json_path=str(path), log=lambda m: None)
+    assert rows == done and trained == []
+    with pytest.raises(RuntimeError, match="stop here"):  # another step count is a new row: it would train
+        bench_shapes(["sds"], str(prompts), seeds=[0], steps=60, json_path=str(path), log=lambda m: None)
+    assert trained == ["a red cube"]

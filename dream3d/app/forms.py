@@ -1,0 +1,136 @@
+"""From the page's fields to a validated RunConfig (generation and DDS editing). No gradio here.
+
+Order of precedence, lowest first: schema defaults <- configs/<method>.yaml <- the advanced editor's YAML <- the
+form fields (prior, steps, seed, guidance scale) <- the prompt (always data, never parsed).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import yaml
+
+from dream3d.config import RunConfig, apply_yaml_text, load_config
+from dream3d.errors import ConfigError, PromptError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+EDITOR_HELP = """\
+# Advanced settings: YAML applied on top of the method's recipe (configs/<method>.yaml) and checked against the
+# schema (dream3d/config.py, every key spelled out in configs/cpu-default.yaml). The fields above win over this.
+# Examples:
+# render: {height: 64, width: 64}
+# export: {resolution: 128, turntable: false}
+"""
+EDIT_EDITOR_HELP = EDITOR_HELP.replace("the method's recipe (configs/<method>.yaml)",
+                                      "the source run's config and configs/dds-edit.yaml")
+
+
+def methods() -> dict[str, Path | None]:
+    """Generation methods and their recipe files: configs/*.yaml whose guidance.method is not the editing one."""
+    found: dict[str, Path | None] = {}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        try:
+            method = (yaml.safe_load(path.read_text()) or {}).get("guidance", {}).get("method")
+        except (yaml.YAMLError, AttributeError):
+            continue
+        if method and method != "dds" and path.stem == method:
+            found[method] = path
+    order = ["sds", "vsd", "nfsd", "ssd", "cfd"]
+    for m in order:  # methods whose recipe file is missing (installed package) run with the schema defaults
+        found.setdefault(m, None)
+    return dict(sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def method_config(method: str) -> RunConfig:
+    """Schema defaults + configs/<method>.yaml; ConfigError for an unknown method."""
+    table = methods()
+    if method not in table:
+        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(table)}")
+    cfg = load_config(table[method])
+    cfg.guidance.method = method
+    return cfg
+
+
+def edit_guidance_scale() -> float:
+    """The DDS guidance scale of configs/dds-edit.yaml (the Edit tab's default)."""
+    path = CONFIG_DIR / "dds-edit.yaml"
+    return load_config(path if path.is_file() else None).guidance.guidance_scale
+
+
+def _number(value, name: str, integer: bool) -> float | int | None:
+    """A form number (None/'' = not given); ConfigError for non-numbers, NaN or (integers) fractions."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if integer:
+        if x != int(x):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+        return int(x)
+    return x
+
+
+def _check_prompt(prompt: str | None, example: str = "a red cube") -> str:
+    if prompt is None or not prompt.strip():
+        raise PromptError(f"the prompt is empty; try for example '{example}'")
+    return prompt.strip()
+
+
+def _apply_fields(cfg: RunConfig, steps, seed, guidance_scale) -> RunConfig:
+    steps = _number(steps, "steps", True)
+    seed = _number(seed, "seed", True)
+    scale = _number(guidance_scale, "guidance scale", False)
+    over = [f"{k}={v}" for k, v in (("steps", steps), ("seed", seed), ("guidance.guidance_scale", scale))
+            if v is not None]
+    return load_config(None, over, base=cfg) if over else cfg
+
+
+def generate_config(prompt: str | None, method: str = "sds", prior: str | None = "", steps=None, seed=None,
+                    guidance_scale=None, config_text: str = "") -> RunConfig:
+    """The validated RunConfig of a generation; Dream3DError (one line) for any user mistake."""
+    prompt = _check_prompt(prompt)
+    cfg = method_config(method)
+    if config_text and config_text.strip():
+        cfg = apply_yaml_text(cfg, config_text, "the advanced config")
+        cfg.guidance.method = method
+    prior = (prior or "").strip()
+    if prior.lower() in ("bundled", "shapes", "default"):
+        prior = ""
+    cfg.prior = prior if prior else cfg.prior
+    cfg = _apply_fields(cfg, steps, seed, guidance_scale)
+    if cfg.guidance.method == "dds":
+        raise ConfigError("DDS is the editing method; use the Edit tab")
+    cfg.prompt, cfg.name, cfg.edit_source = prompt, "", ""
+    return cfg
+
+
+def edit_config_from_form(source_dir: Path, prompt: str | None, source_prompt: str | None = "", steps=None,
+                          guidance_scale=None, config_text: str = "") -> RunConfig:
+    """The validated RunConfig of a DDS edit of the run in `source_dir`; Dream3DError for user mistakes."""
+    from dream3d.cli import edit_config
+
+    prompt = _check_prompt(prompt, "a blue cube")
+    cfg = edit_config(source_dir, prompt, (source_prompt or "").strip() or None)
+    if config_text and config_text.strip():
+        keep = (cfg.prompt, cfg.guidance.source_prompt, cfg.edit_source)
+        cfg = apply_yaml_text(cfg, config_text, "the advanced config")
+        cfg.prompt, cfg.guidance.source_prompt, cfg.edit_source = keep
+        cfg.guidance.method, cfg.name = "dds", ""
+    return _apply_fields(cfg, steps, None, guidance_scale)
+
+
+def describe(cfg: RunConfig) -> str:
+    """One line summarising a config (for the editor's check button)."""
+    r, e = cfg.render, cfg.export
+    return (f"{cfg.guidance.method}, {cfg.steps} steps, seed {cfg.seed}, scale {cfg.guidance.guidance_scale:g}, "
+            f"prior {cfg.prior or 'bundled'}, renders {r.height}x{r.width} x{r.batch_size}, device {cfg.device}, "
+            f"export {'off' if not e.enabled else f'{e.resolution}^3 grid, {e.texture_size}px texture'}")
+
+
+__all__ = ["EDITOR_HELP", "EDIT_EDITOR_HELP", "describe", "edit_config_from_form", "edit_guidance_scale",
+           "generate_config", "method_config", "methods"]

@@ -1,0 +1,329 @@
+"""The Gradio Blocks of the app: Generate, Edit and Gallery tabs over a `RunManager`.
+
+Handlers never raise to the page: user mistakes (Dream3DError) become one red status line. Generation and
+editing handlers are generators that follow a job (status, preview, loss) until it ends, then give the result
+files; the Model3D viewer is filled by a chained step from the GLB file output (a Model3D value sent by a
+generator's yield does not render in Gradio 6.31). Files are served from the run folders (they live under the
+working directory or the temp folder) or from staged copies; `outputs/` is never an `allowed_paths` entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr  # this module is imported only to build the UI
+
+from dream3d.app import forms
+from dream3d.app.jobs import DONE, STOPPED, RunManager
+from dream3d.app.runs import list_runs, read_losses, read_run, reserve_run_dir, resolve_run
+from dream3d.app.status import error_html, info_html, job_html
+from dream3d.errors import Dream3DError
+
+CSS = """
+.d3-status {font-size: 1rem; padding: 2px 0; min-height: 1.5em}
+.d3-status progress {display: block; width: 100%; height: 14px; margin-bottom: 4px}
+.d3-error {color: #c0392b; font-weight: 600}
+#gallery .grid-container {grid-template-columns: repeat(auto-fill, minmax(160px, 220px)) !important;
+                          grid-auto-rows: auto !important}
+#gallery .thumbnail-item {aspect-ratio: 1}
+"""
+INTRO = """# dream3d
+Text to 3D by score distillation. The bundled prior knows the shapes world: prompts like *a red cube*,
+*a blue torus* (colors red, green, blue, yellow, purple, orange; shapes sphere, cube, cylinder, cone, torus, wedge).
+Other priors: a Stable Diffusion / DeepFloyd IF hub id or a local diffusers folder. Runs land in the outputs folder
+and keep going if you close this page; the Gallery tab reopens them."""
+MAX_PLOT_POINTS = 400
+
+
+@dataclass
+class Panel:
+    """The live view and the result view of one tab."""
+
+    status: Any
+    preview: Any
+    loss: Any
+    model: Any
+    video: Any
+    glb: Any
+    obj: Any
+    config: Any
+
+    @property
+    def streamed(self) -> list:
+        """Outputs of the generator handlers, in the order they yield them."""
+        return [self.status, self.preview, self.loss, self.glb, self.obj, self.config, self.video]
+
+
+class FileServer:
+    """Paths the page may show: run files under the working directory or temp folder as they are, others as
+    copies in a staging folder (so `outputs/` never needs to be in `allowed_paths`)."""
+
+    def __init__(self) -> None:
+        self.roots = [Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve()]
+        self.staging: Path | None = None
+
+    def __call__(self, path: Path | None) -> str | None:
+        if path is None or not Path(path).is_file():
+            return None
+        p = Path(path).resolve()
+        if any(p.is_relative_to(r) for r in self.roots):
+            return str(p)
+        if self.staging is None:
+            self.staging = Path(tempfile.mkdtemp(prefix="dream3d-app-"))
+        dest = self.staging / hashlib.sha256(str(p).encode()).hexdigest()[:16] / p.name
+        if not dest.is_file() or dest.stat().st_mtime < p.stat().st_mtime:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dest)
+        return str(dest)
+
+
+def loss_frame(losses: list[tuple[int, float]]):
+    """A (step, loss) DataFrame for the plot, thinned to at most MAX_PLOT_POINTS rows."""
+    import pandas as pd
+
+    stride = max(1, -(-len(losses) // MAX_PLOT_POINTS))
+    rows = losses[::stride]
+    if losses and rows[-1] != losses[-1]:
+        rows = rows + [losses[-1]]
+    # explicit dtypes: an empty frame would be typed as text and the plot would keep a categorical axis
+    return pd.DataFrame({"step": pd.Series([r[0] for r in rows], dtype="int64"),
+                         "loss": pd.Series([r[1] for r in rows], dtype="float64")})
+
+
+def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None, poll_seconds: float = 0.5):
+    """The Blocks (not launched). `outputs`: the runs folder; `manager`: the run manager (default: one run per
+    device, 8 waiting)."""
+    outputs = Path(outputs)
+    manager = manager or RunManager()
+    serve = FileServer()
+    method_table = forms.methods()
+
+    def owner_of(request: gr.Request | None) -> str:
+        return getattr(request, "session_hash", None) or ""
+
+    # --- following a job ---------------------------------------------------------------------------------------
+    def follow(job):
+        """Yield (status, preview, loss, glb, obj, config, video) while the job runs, then its results."""
+        last_preview, last_n, first = None, -1, True
+        while not job.done_event.is_set():
+            snap = job.snapshot()
+            status = job_html(job, snap, manager.position(job))
+            preview = serve(snap["preview"]) if snap["preview"] != last_preview else gr.skip()
+            loss = loss_frame(snap["loss"]) if len(snap["loss"]) != last_n else gr.skip()
+            last_preview, last_n = snap["preview"], len(snap["loss"])
+            results = [None] * 4 if first else [gr.skip()] * 4  # a new run clears the previous results
+            first = False
+            yield status, preview, loss, *results
+            job.done_event.wait(poll_seconds)
+        snap = job.snapshot()
+        status = job_html(job, snap, 0)
+        if not (job.run_dir / "config.yaml").is_file():  # failed before the run folder was written
+            yield status, None, loss_frame(snap["loss"]), None, None, None, None
+            return
+        info = read_run(job.run_dir)
+        yield (status, serve(info.preview), loss_frame(snap["loss"]), serve(info.glb), serve(info.obj_zip),
+               serve(info.config), serve(info.video))
+
+    def failed(message: str):
+        return error_html(message), None, loss_frame([]), None, None, None, None
+
+    def start(kind: str, cfg, request):
+        owner = owner_of(request)
+        if owner and manager.active(owner, kind):
+            raise Dream3DError(f"a {'generation' if kind == 'generate' else 'edit'} from this page is still "
+                               "running; stop it or wait for it to finish")
+        from dream3d.trainer import default_run_dir
+        run_dir = reserve_run_dir(default_run_dir(cfg, outputs))
+        try:
+            return manager.submit(kind, cfg, run_dir, owner=owner)
+        except Dream3DError:
+            run_dir.rmdir()
+            raise
+
+    # --- handlers ----------------------------------------------------------------------------------------------
+    def generate(prompt, method, prior, steps, seed, guidance_scale, config_text, request: gr.Request = None):
+        """Start a generation and stream its progress; ends with the result files (GLB, OBJ zip, config, video)."""
+        try:
+            cfg = forms.generate_config(prompt, method, prior, steps, seed, guidance_scale, config_text)
+            job = start("generate", cfg, request)
+        except Dream3DError as e:
+            yield failed(str(e))
+            return
+        yield from follow(job)
+
+    def edit(source, prompt, source_prompt, steps, guidance_scale, config_text, request: gr.Request = None):
+        """Start a DDS edit of a finished run and stream it like a generation."""
+        try:
+            if not source:
+                raise Dream3DError("choose the run to edit (the list holds finished runs; refresh it if needed)")
+            cfg = forms.edit_config_from_form(resolve_run(outputs, source), prompt, source_prompt, steps,
+                                              guidance_scale, config_text)
+            job = start("edit", cfg, request)
+        except Dream3DError as e:
+            yield failed(str(e))
+            return
+        yield from follow(job)
+
+    def stopper(kind: str):
+        def stop(request: gr.Request = None) -> None:
+            """Stop this page's running (or waiting) run; it keeps its checkpoint and export."""
+            for job in manager.active(owner_of(request), kind):
+                manager.stop(job)
+        return stop
+
+    def check_config(method, prior, steps, seed, guidance_scale, config_text) -> str:
+        """Validate the generation settings against the schema (the prompt is not needed)."""
+        try:
+            cfg = forms.generate_config("a red cube", method, prior, steps, seed, guidance_scale, config_text)
+        except Dream3DError as e:
+            return error_html(str(e))
+        return info_html(f"config OK: {forms.describe(cfg)}", "ok")
+
+    def method_scale(method):
+        try:
+            return forms.method_config(method).guidance.guidance_scale
+        except Dream3DError:
+            return gr.skip()
+
+    def refresh():
+        """Gallery items, their run names, and the choices of the run pickers."""
+        runs = list_runs(outputs)
+        shown = [r for r in runs if r.thumbnail is not None]
+        items = [(serve(r.thumbnail), r.caption) for r in shown]
+        all_choices = [(f"{r.name} — {r.caption}", r.name) for r in runs]
+        editable = [(f"{r.name} — {r.caption}", r.name) for r in runs
+                    if r.state in (DONE, STOPPED) and r.step > 0 and r.has_checkpoint]
+        return (items, [r.name for r in shown], gr.Dropdown(choices=all_choices),
+                gr.Dropdown(choices=editable))
+
+    def pick(names, evt: gr.SelectData):
+        return names[evt.index] if evt is not None and 0 <= evt.index < len(names) else gr.skip()
+
+    def open_run(name):
+        """A past run's status, preview, loss curve, GLB (viewer and download), OBJ zip, config and turntable."""
+        if not name:
+            return info_html("choose a run"), None, None, None, None, None, None, None
+        try:
+            run_dir = resolve_run(outputs, name)
+        except Dream3DError as e:
+            return error_html(str(e)), None, None, None, None, None, None, None
+        info = read_run(run_dir)
+        text = (f"{info.name}: '{info.prompt}' · {info.method} · {info.state} at step {info.step}/{info.steps}"
+                + ("" if info.glb else " · no export yet"))
+        return (info_html(text, info.state), serve(info.preview), loss_frame(read_losses(run_dir)), serve(info.glb),
+                serve(info.glb), serve(info.obj_zip), serve(info.config), serve(info.video))
+
+    # --- layout ------------------------------------------------------------------------------------------------
+    def panel(prefix: str) -> Panel:
+        status = gr.HTML(elem_id=f"{prefix}-status")
+        with gr.Row():
+            preview = gr.Image(label="Preview (4 views around the object)", type="filepath", interactive=False,
+                               elem_id=f"{prefix}-preview", height=200)
+            loss = gr.LinePlot(x="step", y="loss", label="Loss", elem_id=f"{prefix}-loss", height=200,
+                               y_axis_format=".3~s")  # short tick labels: 1.5k
+        with gr.Row():
+            model = gr.Model3D(label="3D model (GLB)", elem_id=f"{prefix}-model3d", clear_color=(1, 1, 1, 1),
+                               height=360)
+            video = gr.Video(label="Turntable", elem_id=f"{prefix}-video", interactive=False, loop=True, height=360)
+        with gr.Row():
+            glb = gr.File(label="GLB", elem_id=f"{prefix}-glb", interactive=False)
+            obj = gr.File(label="OBJ (zip: mesh, material, texture)", elem_id=f"{prefix}-obj", interactive=False)
+            config = gr.File(label="Config (YAML)", elem_id=f"{prefix}-config", interactive=False)
+        return Panel(status, preview, loss, model, video, glb, obj, config)
+
+    with gr.Blocks(title="dream3d", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO)
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        prompt = gr.Textbox(label="Prompt", placeholder="a red cube", elem_id="prompt")
+                        method = gr.Dropdown(choices=list(method_table), value="sds", label="Method",
+                                             elem_id="method")
+                        prior = gr.Textbox(label="Prior", placeholder="bundled (leave empty), or a hub id or a "
+                                           "local diffusers folder", elem_id="prior")
+                        with gr.Row():
+                            steps = gr.Number(value=forms.method_config("sds").steps, precision=0, label="Steps",
+                                              elem_id="steps")
+                            seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                            scale = gr.Number(value=forms.method_config("sds").guidance.guidance_scale,
+                                              label="Guidance scale", elem_id="scale")
+                        with gr.Accordion("Advanced config (YAML)", open=False, elem_id="advanced"):
+                            editor = gr.Code(value=forms.EDITOR_HELP, language="yaml", elem_id="config-editor")
+                            check_btn = gr.Button("Check config", elem_id="check-btn", size="sm")
+                        with gr.Row():
+                            run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                    with gr.Column(scale=2):
+                        gen = panel("gen")
+            with gr.Tab("Edit", id="edit"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        with gr.Row():
+                            source = gr.Dropdown(label="Run to edit (finished runs)", choices=[], scale=4,
+                                                 allow_custom_value=True, elem_id="edit-source")
+                            edit_refresh = gr.Button("↻", elem_id="edit-refresh", scale=1, min_width=40)
+                        target = gr.Textbox(label="Target prompt", placeholder="a blue cube", elem_id="edit-prompt")
+                        source_prompt = gr.Textbox(label="Source prompt (default: the run's prompt)",
+                                                   elem_id="edit-source-prompt")
+                        with gr.Row():
+                            edit_steps = gr.Number(value=400, precision=0, label="Steps", elem_id="edit-steps")
+                            edit_scale = gr.Number(value=forms.edit_guidance_scale(), label="Guidance scale",
+                                                   elem_id="edit-scale")
+                        with gr.Accordion("Advanced config (YAML)", open=False, elem_id="edit-advanced"):
+                            edit_editor = gr.Code(value=forms.EDIT_EDITOR_HELP, language="yaml",
+                                                  elem_id="edit-config-editor")
+                        with gr.Row():
+                            edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-btn")
+                            edit_stop = gr.Button("Stop", variant="stop", elem_id="edit-stop-btn")
+                    with gr.Column(scale=2):
+                        ed = panel("edit")
+            with gr.Tab("Gallery", id="gallery"):
+                with gr.Row():
+                    choice = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=True, elem_id="open-run",
+                                         scale=4)
+                    refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh", scale=1)
+                gallery = gr.Gallery(label="Past runs (newest first; click one to open it)", columns=5, height="auto",
+                                     object_fit="contain", allow_preview=False, elem_id="gallery")
+                names = gr.State([])
+                shown = panel("open")
+
+        # --- wiring ----------------------------------------------------------------------------------------------
+        private = dict(api_visibility="private")
+        refresh_outputs = [gallery, names, choice, source]
+        show_model = dict(fn=lambda f: f, **private)
+
+        gen_inputs = [prompt, method, prior, steps, seed, scale, editor]
+        (run_btn.click(lambda: None, outputs=gen.model, queue=False, **private)
+            .then(generate, gen_inputs, gen.streamed, api_name="generate", concurrency_limit=None,
+                  show_progress="hidden")
+            .then(inputs=gen.glb, outputs=gen.model, **show_model)
+            .then(refresh, outputs=refresh_outputs, **private))
+        stop_btn.click(stopper("generate"), outputs=None, api_name="stop", concurrency_limit=None)
+        check_btn.click(check_config, [method, prior, steps, seed, scale, editor], gen.status,
+                        api_name="check_config")
+        method.change(method_scale, method, scale, **private)
+
+        edit_inputs = [source, target, source_prompt, edit_steps, edit_scale, edit_editor]
+        (edit_btn.click(lambda: None, outputs=ed.model, queue=False, **private)
+            .then(edit, edit_inputs, ed.streamed, api_name="edit", concurrency_limit=None, show_progress="hidden")
+            .then(inputs=ed.glb, outputs=ed.model, **show_model)
+            .then(refresh, outputs=refresh_outputs, **private))
+        edit_stop.click(stopper("edit"), outputs=None, api_name="stop_edit", concurrency_limit=None)
+        edit_refresh.click(refresh, outputs=refresh_outputs, **private)
+
+        refresh_btn.click(refresh, outputs=refresh_outputs, api_name="runs")
+        gallery.select(pick, names, choice, **private)
+        choice.change(open_run, choice, [shown.status, shown.preview, shown.loss, shown.model, shown.glb, shown.obj,
+                                         shown.config, shown.video], api_name="open_run")
+        demo.load(refresh, outputs=refresh_outputs, **private)
+    demo.run_manager = manager  # for tests and shutdown
+    return demo
+
+
+__all__ = ["CSS", "FileServer", "build_app", "loss_frame"]
