@@ -18,10 +18,10 @@ $(BIN)/dream3d: pyproject.toml
 .cache/node/node_modules/gltf-validator/package.json:
 	npm install --silent --prefix .cache/node gltf-validator@2.0.0-dev.3.10
 
-# the web-app tests: gradio (the [app] extra), Playwright for Python (PyPI) and Debian's Chromium (as root;
+# the web-app and batch tests: gradio (the [app] extra), Ray (the [distributed] extra), Playwright for Python (PyPI) and Debian's Chromium (as root;
 # elsewhere the browser tests skip with a reason)
 .cache/app-test-deps: pyproject.toml $(BIN)/dream3d
-	$(BIN)/pip install -q -e '.[app]' 'playwright>=1.45,<2'
+	$(BIN)/pip install -q -e '.[app,distributed]' 'playwright>=1.45,<2'
 	if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	  else echo "note: /usr/bin/chromium missing (apt-get install chromium as root); browser tests will skip"; fi; \
