@@ -140,53 +140,61 @@ class Fragments:
 
 # --- torch backend ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def _zbuffer_view(xy: torch.Tensor, w: torch.Tensor, faces: torch.Tensor, height: int, width: int,
-                  near: float, max_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest face id (H·W,) (−1 empty) and its view depth (H·W,) (inf empty) for one view."""
-    tri, tw = xy[faces], w[faces]  # (F,3,2), (F,3)
+def covered_pixels(tri: torch.Tensor, valid: torch.Tensor, height: int, width: int, max_pairs: int = 1 << 20):
+    """Pixel centres inside 2-D triangles, enumerated from each triangle's bounding box in bounded chunks.
+
+    tri (F,3,2) pixel coordinates (centres at +½), valid (F,) bool. Yields, per chunk of whole triangles with
+    at most `max_pairs` candidate pixels, (face (N,), px (N,), py (N,), screen barycentrics (N,3)) of the
+    covered (face, pixel) pairs (edges inclusive).
+    """
     area2 = _edge_fn(tri[:, 0], tri[:, 1], tri[:, 2])
-    valid = (tw > near).all(1) & (area2.abs() > 1e-12) & torch.isfinite(tri).all(2).all(1)
+    valid = valid & (area2.abs() > 1e-12) & torch.isfinite(tri).all(2).all(1)
     lo = torch.ceil(tri.amin(1) - 0.5).clamp_min(0)
-    hi = torch.floor(tri.amax(1) - 0.5)
-    hi = torch.minimum(hi, torch.tensor([width - 1, height - 1], device=xy.device, dtype=xy.dtype))
+    hi = torch.minimum(torch.floor(tri.amax(1) - 0.5),
+                       torch.tensor([width - 1, height - 1], device=tri.device, dtype=tri.dtype))
     n = (hi - lo + 1).clamp_min(0)
     count = (n[:, 0] * n[:, 1]).long() * valid
     fsel = count.nonzero().squeeze(1)
-    zbuf = torch.full((height * width,), math.inf, device=xy.device, dtype=xy.dtype)
-    fbuf = torch.full((height * width,), -1, device=xy.device, dtype=torch.long)
     if fsel.numel() == 0:
-        return fbuf, zbuf
+        return
     cnt = count[fsel]
     csum = torch.cumsum(cnt, 0)
     start = 0
-    while start < fsel.shape[0]:  # chunks of whole faces holding at most max_pairs candidate pixels
+    while start < fsel.shape[0]:
         base = csum[start - 1] if start > 0 else csum.new_zeros(())
-        stop = int(torch.searchsorted(csum, base + max_pairs, right=True))
-        stop = max(stop, start + 1)
+        stop = max(int(torch.searchsorted(csum, base + max_pairs, right=True)), start + 1)
         f, c = fsel[start:stop], cnt[start:stop]
         fr = torch.repeat_interleave(f, c)
         first = torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
-        off = torch.arange(fr.shape[0], device=xy.device) - first
+        off = torch.arange(fr.shape[0], device=tri.device) - first
         nx = n[fr, 0].long()
         px = lo[fr, 0].long() + off % nx
         py = lo[fr, 1].long() + off // nx
-        q = torch.stack([px, py], -1).to(xy.dtype) + 0.5
-        t = tri[fr]
-        a = area2[fr]
+        q = torch.stack([px, py], -1).to(tri.dtype) + 0.5
+        t, a = tri[fr], area2[fr]
         b0, b1 = _edge_fn(t[:, 1], t[:, 2], q) / a, _edge_fn(t[:, 2], t[:, 0], q) / a
-        b2 = 1.0 - b0 - b1
-        inside = (b0 >= 0) & (b1 >= 0) & (b2 >= 0)
-        tww = tw[fr]
-        depth = 1.0 / (b0 / tww[:, 0] + b1 / tww[:, 1] + b2 / tww[:, 2])
-        pix = (py * width + px)[inside]
-        depth, fr = depth[inside], fr[inside]
+        b = torch.stack([b0, b1, 1.0 - b0 - b1], -1)
+        inside = (b >= 0).all(1)
+        yield fr[inside], px[inside], py[inside], b[inside]
+        start = stop
+
+
+@torch.no_grad()
+def _zbuffer_view(xy: torch.Tensor, w: torch.Tensor, faces: torch.Tensor, height: int, width: int,
+                  near: float, max_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest face id (H·W,) (−1 empty) and its view depth (H·W,) (inf empty) for one view."""
+    tw = w[faces]  # (F,3)
+    zbuf = torch.full((height * width,), math.inf, device=xy.device, dtype=xy.dtype)
+    fbuf = torch.full((height * width,), -1, device=xy.device, dtype=torch.long)
+    for fr, px, py, b in covered_pixels(xy[faces], (tw > near).all(1), height, width, max_pairs):
+        depth = 1.0 / (b / tw[fr]).sum(1)
+        pix = py * width + px
         cz = torch.full_like(zbuf, math.inf).scatter_reduce(0, pix, depth, "amin")
         win = depth <= cz[pix]
         cf = torch.full_like(fbuf, -1).scatter_reduce(0, pix[win], fr[win], "amax")
         better = cz < zbuf
         zbuf = torch.where(better, cz, zbuf)
         fbuf = torch.where(better, cf, fbuf)
-        start = stop
     return fbuf, zbuf
 
 
