@@ -119,3 +119,17 @@ def init_from_geometry(dmtet: DMTetGeometry, geometry, albedo_steps: int = 300, 
     log.info("DMTet initialised from the NeRF: level %.4g, %d faces, albedo error %.3f, %.1f s", level, faces,
              err, stats["seconds"])
     return stats
+
+
+def init_from_run(renderer, run_dir, albedo_steps: int = 300, seed: int = 0) -> dict:
+    """Initialise a MeshRenderer's DMTet geometry (and its background, when of the same kind) from a finished
+    NeRF run folder; returns the `init_from_geometry` stats plus the source run."""
+    from dream3d.export_run import load_run_renderer
+
+    src_cfg, src = load_run_renderer(run_dir, str(renderer.device))
+    if src_cfg.stage != "nerf":
+        raise Dream3DError(f"{run_dir} is a {src_cfg.stage} run; the mesh stage starts from a NeRF run")
+    stats = init_from_geometry(renderer.geometry, src.geometry, albedo_steps, seed=seed)
+    if type(src.background) is type(renderer.background):
+        renderer.background.load_state_dict(src.background.state_dict())
+    return {**stats, "source": str(run_dir)}

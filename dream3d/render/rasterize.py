@@ -81,11 +81,15 @@ def mesh_topology(faces: torch.Tensor) -> Topology:
     directed = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # (3F,2)
     face_of = torch.arange(f, device=faces.device).repeat(3)
     und = directed.sort(dim=1).values
-    edges, inverse, counts = torch.unique(und, dim=0, return_inverse=True, return_counts=True)
-    order = torch.argsort(inverse, stable=True)
-    first = torch.cumsum(counts, 0) - counts
+    nv = int(faces.max()) + 1 if f else 1
+    key, order = (und[:, 0] * nv + und[:, 1]).sort()  # 1-D keys: much faster than unique(dim=0)
+    new = torch.ones_like(key, dtype=torch.bool)
+    new[1:] = key[1:] != key[:-1]
+    first = new.nonzero().squeeze(1)
+    counts = torch.diff(torch.cat([first, first.new_tensor([key.shape[0]])]))
+    edges = und[order[first]]
     f0 = face_of[order[first]]
-    second = order[(first + 1).clamp(max=order.shape[0] - 1)]
+    second = order[(first + 1).clamp(max=max(key.shape[0] - 1, 0))]
     f1 = torch.where(counts >= 2, face_of[second], torch.full_like(f0, -1))
     return Topology(edges, torch.stack([f0, f1], 1))
 
