@@ -23,8 +23,8 @@ rendering"):
    of the outside colour into the inside pixel. A pair is blended only when its pixels show different
    triangles, the inside pixel is not in front of the edge by more than `occlusion_tolerance` (relative depth)
    unless it shows the edge's triangle or a triangle sharing a vertex with it, and the outside pixel is empty
-   or behind the edge. Image values are then continuous in the vertex positions between pixel-centre
-   crossings, with gradients d image / d vertex = (c_in − c_out)·∂d/∂vertex.
+   or behind the edge by more than that tolerance (a real occlusion boundary, not a fold of the same surface).
+   Image values are then continuous in the vertex positions between pixel-centre crossings, with gradients d image / d vertex = (c_in − c_out)·∂d/∂vertex.
 """
 
 from __future__ import annotations
@@ -240,22 +240,24 @@ def silhouette_edges(xy: torch.Tensor, w: torch.Tensor, faces: torch.Tensor, top
                      near: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """Silhouette edges of one view: (edge ids (S,), inside face (S,)).
 
-    An edge is a silhouette when it has one (valid) face, or when one face is front-facing and the other is
-    not; its inside face is the front-facing (or only) one. xy (V,2), w (V,) one view's projection.
+    An edge is a silhouette when it has one face in front of the near plane (a boundary), or when one face is
+    front-facing and the other back-facing; its inside face is the front-facing (or only) one. Faces of zero
+    screen area (degenerate, or seen exactly edge-on) make no silhouette. xy (V,2), w (V,): one view's
+    projection.
     """
     tri = xy[faces]
     area2 = _edge_fn(tri[:, 0], tri[:, 1], tri[:, 2])
-    valid = (w[faces] > near).all(1) & (area2.abs() > 1e-12)
-    front = (area2 < 0) & valid  # counter-clockwise seen from outside is clockwise with y down
+    in_front = (w[faces] > near).all(1)
+    front = (area2 < -1e-12) & in_front  # counter-clockwise seen from outside is clockwise with y down
+    back = (area2 > 1e-12) & in_front
     f0, f1 = topo.edge_faces[:, 0], topo.edge_faces[:, 1]
-    v0 = valid[f0]
-    v1 = (f1 >= 0) & valid[f1.clamp_min(0)]
-    fr0, fr1 = front[f0], (f1 >= 0) & front[f1.clamp_min(0)]
-    single = v0 ^ v1  # one valid face only (boundary, or the other face behind the near plane / degenerate)
-    contour = v0 & v1 & (fr0 ^ fr1)
-    sil = single | contour
-    inside = torch.where(single, torch.where(v0, f0, f1), torch.where(fr0, f0, f1))
-    idx = sil.nonzero().squeeze(1)
+    has1 = f1 >= 0
+    g1 = f1.clamp_min(0)
+    e0, e1 = in_front[f0], has1 & in_front[g1]
+    single = (e0 & ~e1 & (front[f0] | back[f0])) | (e1 & ~e0 & (front[g1] | back[g1]))
+    contour = e0 & e1 & ((front[f0] & back[g1]) | (back[f0] & front[g1]))
+    inside = torch.where(single, torch.where(e0, f0, g1), torch.where(front[f0], f0, g1))
+    idx = (single | contour).nonzero().squeeze(1)
     return idx, inside[idx]
 
 
@@ -301,7 +303,7 @@ def _edge_pairs(xy: torch.Tensor, w: torch.Tensor, faces: torch.Tensor, edges: t
         f_in = fid[pin]
         shares = (f_in >= 0) & (faces[f_in.clamp_min(0)][:, :, None] == faces[fin][:, None, :]).any(2).any(1)
         in_ok = (f_in >= 0) & (shares | (dep[pin] >= edge_depth * (1 - occlusion_tolerance)))
-        out_ok = (fid[pout] < 0) | (dep[pout] > edge_depth)
+        out_ok = (fid[pout] < 0) | (dep[pout] > edge_depth * (1 + occlusion_tolerance))
         keep = (ok & in_ok & out_ok & (fid[pin] != fid[pout])).nonzero().squeeze(1)
     s = x[keep] - (i[keep].to(xy.dtype) + 0.5)  # crossing, measured from the left centre, in [0,1)
     d = torch.where(right[keep], 1.0 - s, s)
