@@ -203,8 +203,9 @@ def cmd_bench_shapes(a: argparse.Namespace) -> int:
     texts, a.overrides = split_words(a.words)
     if texts:
         raise Dream3DError(f"unexpected argument {texts[0]!r}; overrides look like key=value")
+    stages = [st.strip() for st in a.stages.split(",") if st.strip()]
     bench_shapes(methods, prompts_file=a.prompts, seeds=seeds, steps=a.steps, json_path=a.json, config=a.config,
-                 out_root=a.out, overrides=a.overrides)
+                 out_root=a.out, overrides=a.overrides, stages=stages)
     return 0
 
 
@@ -304,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--methods", default="sds")
     sh.add_argument("--prompts", default=None, help="file with one prompt per line (default: every shape x 2 colors)")
     sh.add_argument("--seeds", default="0,1")
+    sh.add_argument("--stages", default="nerf", help="comma-separated: nerf,mesh (mesh refines each NeRF run)")
     sh.add_argument("--steps", type=int, default=None)
     sh.add_argument("--config", default=None)
     sh.add_argument("--out", default="outputs/bench")

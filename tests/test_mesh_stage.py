@@ -128,3 +128,34 @@ def test_refine_user_mistakes_exit_2(two_stage, tmp_path, make_args, needle):
     run, _ = two_stage
     r = run_cli(*make_args(run, tmp_path))
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("shape,truth,good", [("cube", "cube", True), ("sphere", "torus", False)])
+def test_score_geometry_of_a_mesh_stage(shape, truth, good):
+    from dream3d.bench_shapes import score_geometry
+
+    field = SDFDensityField(shape, "red", sharpness=0.01, density_max=100.0)
+    geo = DMTetGeometry(resolution=48, n_levels=4, log2_hashmap_size=12, encoding_backend="torch")
+    sdf_from_density(geo, field, level=50.0)
+    s = score_geometry(MeshRenderer(geo).eval(), truth, grid_resolution=64)
+    if good:
+        assert s["iou"] > 0.97 and s["silhouette_iou"] > 0.95 and s["chamfer"] < 0.02
+    else:
+        assert s["iou"] < 0.5 and s["chamfer"] > 0.05
+
+
+@pytest.mark.slow  # two trainings, two scorings: ~40 s CPU, more under load
+def test_bench_shapes_with_stages(tmp_path):
+    from dream3d.bench_shapes import bench_shapes, format_table
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n")
+    over = [*NERF_SMALL, "mesh.refine_steps=2", "mesh.refine_overrides=[" + ",".join(MESH_SMALL) + "]"]
+    lines = []
+    rows = bench_shapes(["sds"], prompts_file=str(prompts), seeds=[0], steps=3, out_root=str(tmp_path / "b"),
+                        overrides=over, log=lines.append, stages=["nerf", "mesh"])
+    assert [r["stage"] for r in rows] == ["nerf", "mesh"]
+    assert all(0 <= r["iou"] <= 1 and 0 <= r["silhouette_iou"] <= 1 and r["seconds"] > 0 for r in rows)
+    assert json.loads((tmp_path / "b" / "sds-red-cube-s0-mesh" / "status.json").read_text())["step"] == 2
+    table = format_table(rows)
+    assert "sds    nerf  MEAN" in table and "sds    mesh  MEAN" in table
