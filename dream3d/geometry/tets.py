@@ -32,7 +32,6 @@ def tet_grid(resolution: int, bound: float = 1.0) -> tuple[torch.Tensor, torch.T
     n = resolution + 1
     c = torch.linspace(-bound, bound, n)
     verts = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), -1).reshape(-1, 3)
-    corners = torch.tensor(list(itertools.product((0, 1), repeat=3)))  # (8,3), bit order x, y, z
     local = []
     for perm in itertools.permutations(range(3)):
         p = torch.zeros(3, dtype=torch.long)
@@ -49,7 +48,6 @@ def tet_grid(resolution: int, bound: float = 1.0) -> tuple[torch.Tensor, torch.T
     i = torch.arange(resolution)
     base = ((i[:, None, None] * n + i[None, :, None]) * n + i[None, None, :]).reshape(-1)
     tets = (base[:, None, None] + offset[None]).reshape(-1, 4)
-    del corners
     return verts, tets
 
 

@@ -24,11 +24,13 @@ rendering"):
    triangles, the inside pixel is not in front of the edge by more than `occlusion_tolerance` (relative depth)
    unless it shows the edge's triangle or a triangle sharing a vertex with it, and the outside pixel is empty
    or behind the edge by more than that tolerance (a real occlusion boundary, not a fold of the same surface).
-   Image values are then continuous in the vertex positions between pixel-centre crossings, with gradients d image / d vertex = (c_in − c_out)·∂d/∂vertex.
+   Image values are then continuous in the vertex positions between pixel-centre crossings, with gradients
+   d image / d vertex = (c_in − c_out)·∂d/∂vertex.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from dataclasses import dataclass
@@ -291,7 +293,7 @@ def _edge_pairs(xy: torch.Tensor, w: torch.Tensor, faces: torch.Tensor, edges: t
         fin = inside_face[e]
         centroid = xy[faces[fin]].mean(1)
         side = _edge_fn(ae, be, centroid)
-        right = (be[:, 1] - ae[:, 1] < 0) == (side > 0)  # the inside face lies right of the crossing (dE/dx = a.y - b.y)
+        right = (be[:, 1] - ae[:, 1] < 0) == (side > 0)  # inside face right of the crossing (dE/dx = a.y − b.y)
         i = i.clamp(0, wd - 2)
         left_pix, right_pix = row * wd + i, row * wd + i + 1
         pin = torch.where(right, right_pix, left_pix)
@@ -345,7 +347,7 @@ def nvdiffrast_available() -> bool:
     if not torch.cuda.is_available():
         return False
     try:
-        import nvdiffrast.torch  # noqa: F401
+        importlib.import_module("nvdiffrast.torch")
     except Exception:  # noqa: BLE001 - any import failure means "not available"
         return False
     return True
