@@ -144,7 +144,6 @@ def test_score_geometry_of_a_mesh_stage(shape, truth, good):
         assert s["iou"] < 0.5 and s["chamfer"] > 0.05
 
 
-@pytest.mark.slow  # two trainings, two scorings: ~40 s CPU, more under load
 def test_bench_shapes_with_stages(tmp_path):
     from dream3d.bench_shapes import bench_shapes, format_table
 
