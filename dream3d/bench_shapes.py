@@ -7,6 +7,11 @@ Per (method, prompt, seed) a full generation runs, then:
   elevations 0 and 40 degrees);
 - chamfer: symmetric Chamfer distance (world units) between the exported surface's vertices and the true surface;
 - seconds: wall time of the generation.
+
+`stages` (`--stages nerf,mesh`): after the NeRF run, the mesh stage (`dream3d refine` with configs/mesh.yaml)
+runs on it and is scored the same way, with the DMTet mesh itself as the surface (occupancy by ray parity,
+Chamfer on area-uniform surface samples); every row carries its `stage` and the mesh row's seconds are the mesh
+stage's own (initialisation included).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dream3d.shapes.prompts import make_prompt, parse_prompt
 from dream3d.shapes.render import render_shapes
 
 BENCH_COLORS = ("red", "blue")
+STAGES = ("nerf", "mesh")
 
 
 def default_prompts() -> list[str]:
@@ -42,30 +48,46 @@ def score_geometry(renderer, shape: str, grid_resolution: int = 128, export_reso
 
     geometry = renderer.geometry
     device = geometry_device(geometry)
-    surface = extract_surface(geometry, export_resolution, max_faces=0, smooth_iterations=0)
-    pts = grid_points(grid_resolution, geometry.bound).reshape(-1, 3)
-    dens = torch.cat([geometry.density(p.to(device)).cpu() for p in pts.split(262144)])
-    occ = (dens > surface.level).reshape((grid_resolution,) * 3)
+    if hasattr(geometry, "extract_mesh"):  # mesh stage: the DMTet mesh is the surface
+        from dream3d.geometry.mesh_ops import mesh_occupancy
+        from dream3d.geometry.nerf_to_dmtet import surface_samples
+
+        mesh = geometry.extract_mesh()
+        occ = mesh_occupancy(mesh.vertices, mesh.faces, grid_resolution, geometry.bound)
+        points = surface_samples(mesh.vertices.cpu().double(), mesh.faces.cpu(), 20000,
+                                 torch.Generator().manual_seed(0))[0].float()
+        level = float("nan")
+    else:
+        surface = extract_surface(geometry, export_resolution, max_faces=0, smooth_iterations=0)
+        pts = grid_points(grid_resolution, geometry.bound).reshape(-1, 3)
+        dens = torch.cat([geometry.density(p.to(device)).cpu() for p in pts.split(262144)])
+        occ = (dens > surface.level).reshape((grid_resolution,) * 3)
+        points, level = torch.from_numpy(surface.vertices), surface.level
     iou = volume_iou(occ, occupancy(shape, grid_resolution, geometry.bound))
     cams = make_cameras(torch.tensor([0.0] * 8 + [40.0] * 8), torch.arange(16) % 8 * 45.0)
     out = renderer.render_chunked(cams.to(device), 64, 64, shading="albedo", with_normal=False)
     _, truth = render_shapes([shape] * 16, ["red"] * 16, cams, 64)
     a, b = out["opacity"][:, 0].cpu() > 0.5, truth[:, 0] > 0.5
     sil = ((a & b).flatten(1).sum(1) / (a | b).flatten(1).sum(1).clamp_min(1)).mean().item()
-    chamfer = chamfer_to_shape(torch.from_numpy(surface.vertices), shape)
-    return {"iou": iou, "silhouette_iou": sil, "chamfer": chamfer, "level": surface.level}
+    chamfer = chamfer_to_shape(points, shape)
+    return {"iou": iou, "silhouette_iou": sil, "chamfer": chamfer, "level": level}
 
 
 def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: list[int] = (0, 1),
                  steps: int | None = None, json_path: str | None = None, config: str | None = None,
-                 out_root: str = "outputs/bench", overrides: list[str] = (), log=print) -> list[dict]:
-    """Run every (method, prompt, seed); print a per-row line and a mean table; return the rows.
+                 out_root: str = "outputs/bench", overrides: list[str] = (), log=print,
+                 stages: tuple[str, ...] | list[str] = ("nerf",)) -> list[dict]:
+    """Run every (method, prompt, seed) through the stages; print a per-row line and a mean table; return the rows.
 
-    With `json_path`, rows already in that file (same method, prompt, seed and steps) are kept and not rerun, so an
-    interrupted benchmark continues where it stopped.
+    With `json_path`, rows already in that file (same method, stage, prompt, seed and steps) are kept and not rerun,
+    so an interrupted benchmark continues where it stopped.
     """
+    from dream3d.refine import mesh_stage_config
     from dream3d.trainer import Trainer
 
+    unknown = [st for st in stages if st not in STAGES]
+    if unknown or not stages:
+        raise Dream3DError(f"unknown stage {', '.join(unknown) or '(none)'}; choose from {', '.join(STAGES)}")
     prompts = default_prompts()
     if prompts_file:
         path = Path(prompts_file)
@@ -77,7 +99,7 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
     if json_path and Path(json_path).is_file():
         rows = json.loads(Path(json_path).read_text())
         log(f"continuing {json_path}: {len(rows)} rows already done")
-    done = {(r["method"], r["prompt"], r["seed"], r.get("steps")) for r in rows}
+    done = {(r["method"], r.get("stage", "nerf"), r["prompt"], r["seed"], r.get("steps")) for r in rows}
     prior = None
     for method in methods:
         cfg_file = config or (Path(__file__).resolve().parents[1] / "configs" / f"{method}.yaml")
@@ -85,7 +107,7 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
             cfg_file = None
         for prompt, sp in zip(prompts, parsed):
             for seed in seeds:
-                if (method, prompt, seed, steps) in done:
+                if all((method, st, prompt, seed, steps) in done for st in stages):
                     continue
                 over = [f"guidance.method={method}", f"seed={seed}", "export.enabled=false", *overrides]
                 if steps is not None:
@@ -97,31 +119,38 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
                 trainer = Trainer(cfg, run_dir, prior=prior)
                 prior = trainer.prior if not cfg.prior else prior
                 trainer.train(handle_signals=False)
-                seconds = time.time() - t0
-                scores = score_geometry(trainer.renderer.eval(), sp.shape)
-                row = {"method": method, "prompt": prompt, "seed": seed, "steps": steps, **scores,
-                       "seconds": round(seconds, 1)}
-                rows.append(row)
-                log(f"{method:5s} {prompt:22s} seed {seed}: iou {row['iou']:.3f} sil {row['silhouette_iou']:.3f} "
-                    f"chamfer {row['chamfer']:.4f} ({row['seconds']:.0f} s)")
-                if json_path:
-                    Path(json_path).write_text(json.dumps(rows, indent=1))
+                runs = [("nerf", trainer, time.time() - t0)]
+                if "mesh" in stages:
+                    t0 = time.time()
+                    mesh_cfg = mesh_stage_config(run_dir, overrides=["export.enabled=false"])
+                    mesh_trainer = Trainer(mesh_cfg, run_dir.with_name(run_dir.name + "-mesh"), prior=prior)
+                    mesh_trainer.train(handle_signals=False)
+                    runs.append(("mesh", mesh_trainer, time.time() - t0))
+                for stage, tr, seconds in runs:
+                    if stage not in stages or (method, stage, prompt, seed, steps) in done:
+                        continue
+                    scores = score_geometry(tr.renderer.eval(), sp.shape)
+                    row = {"method": method, "stage": stage, "prompt": prompt, "seed": seed, "steps": steps,
+                           **scores, "seconds": round(seconds, 1)}
+                    rows.append(row)
+                    log(f"{method:5s} {stage:4s} {prompt:22s} seed {seed}: iou {row['iou']:.3f} "
+                        f"sil {row['silhouette_iou']:.3f} chamfer {row['chamfer']:.4f} ({row['seconds']:.0f} s)")
+                    if json_path:
+                        Path(json_path).write_text(json.dumps(rows, indent=1))
     log(format_table(rows))
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    """Mean iou / silhouette_iou / chamfer / seconds per method and per (method, shape)."""
-    lines = [f"{'method':6s} {'shape':9s} {'iou':>6s} {'sil':>6s} {'chamfer':>8s} {'sec':>6s}"]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mr = [r for r in rows if r["method"] == method]
-        for shape in SHAPES:
-            sr = [r for r in mr if parse_prompt(r["prompt"]).shape == shape]
+    """Mean iou / silhouette_iou / chamfer / seconds per (method, stage) and per (method, stage, shape)."""
+    lines = [f"{'method':6s} {'stage':5s} {'shape':9s} {'iou':>6s} {'sil':>6s} {'chamfer':>8s} {'sec':>6s}"]
+    groups = dict.fromkeys((r["method"], r.get("stage", "nerf")) for r in rows)
+    for method, stage in groups:
+        mr = [r for r in rows if r["method"] == method and r.get("stage", "nerf") == stage]
+        for shape in [*SHAPES, "MEAN"]:
+            sr = mr if shape == "MEAN" else [r for r in mr if parse_prompt(r["prompt"]).shape == shape]
             if sr:
-                lines.append(f"{method:6s} {shape:9s} {np.mean([r['iou'] for r in sr]):6.3f} "
+                lines.append(f"{method:6s} {stage:5s} {shape:9s} {np.mean([r['iou'] for r in sr]):6.3f} "
                              f"{np.mean([r['silhouette_iou'] for r in sr]):6.3f} "
                              f"{np.mean([r['chamfer'] for r in sr]):8.4f} {np.mean([r['seconds'] for r in sr]):6.0f}")
-        lines.append(f"{method:6s} {'MEAN':9s} {np.mean([r['iou'] for r in mr]):6.3f} "
-                     f"{np.mean([r['silhouette_iou'] for r in mr]):6.3f} {np.mean([r['chamfer'] for r in mr]):8.4f} "
-                     f"{np.mean([r['seconds'] for r in mr]):6.0f}")
     return "\n".join(lines)

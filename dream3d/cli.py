@@ -1,4 +1,4 @@
-"""`dream3d` command line: generate | edit | export | batch | prior train|sample|eval | bench.
+"""`dream3d` command line: generate | edit | refine | export | batch | prior train|sample|eval | bench.
 
 User mistakes print one line (`dream3d: error: ...`) and exit 2. `generate` prints the run folder as the last
 line of stdout; progress goes to stderr.
@@ -67,12 +67,19 @@ def split_words(words: list[str]) -> tuple[list[str], list[str]]:
     return [w for w in words if not _OVERRIDE.match(w)], over
 
 
-def run_and_export(cfg, run_dir: Path, label: str = "generate") -> int:
-    """Train (or resume) the run with a progress bar, export it when done, print the run folder last."""
+def run_and_export(cfg, run_dir: Path, label: str = "generate", prior=None) -> int:
+    """Train (or resume) the run with a progress bar, export it when done, print the run folder last.
+
+    Two-stage recipes (`mesh.refine_steps` > 0): the NeRF run is not exported; the mesh stage follows in
+    `<run>-mesh` and its folder is printed instead."""
     from dream3d.trainer import Trainer
 
-    trainer = Trainer(cfg, run_dir, events=_progress_events(label))
+    trainer = Trainer(cfg, run_dir, prior=prior, events=_progress_events(label))
     state = trainer.train()
+    if state == "done" and cfg.stage == "nerf" and cfg.mesh.refine_steps > 0:
+        from dream3d.refine import mesh_run_dir, mesh_stage_config
+        return run_and_export(mesh_stage_config(run_dir), mesh_run_dir(run_dir), "refine",
+                              prior=trainer.prior if not cfg.prior else None)
     if state == "done" and cfg.export.enabled:
         from dream3d.export_run import export_run
         export_run(run_dir, trainer=trainer, log=lambda m: print(m, file=sys.stderr))
@@ -140,6 +147,16 @@ def cmd_edit(a: argparse.Namespace) -> int:
     return run_and_export(cfg, run_dir, "edit")
 
 
+def cmd_refine(a: argparse.Namespace) -> int:
+    from dream3d.refine import mesh_run_dir, mesh_stage_config
+
+    texts, overrides = split_words(a.words)
+    if texts:
+        raise Dream3DError(f"unexpected argument {texts[0]!r}; overrides look like key=value")
+    cfg = mesh_stage_config(a.run_dir, a.config, overrides, a.steps)
+    return run_and_export(cfg, Path(a.out) if a.out else mesh_run_dir(a.run_dir), "refine")
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from dream3d.export_run import export_run
 
@@ -195,8 +212,9 @@ def cmd_bench_shapes(a: argparse.Namespace) -> int:
     texts, a.overrides = split_words(a.words)
     if texts:
         raise Dream3DError(f"unexpected argument {texts[0]!r}; overrides look like key=value")
+    stages = [st.strip() for st in a.stages.split(",") if st.strip()]
     bench_shapes(methods, prompts_file=a.prompts, seeds=seeds, steps=a.steps, json_path=a.json, config=a.config,
-                 out_root=a.out, overrides=a.overrides)
+                 out_root=a.out, overrides=a.overrides, stages=stages)
     return 0
 
 
@@ -232,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--config", help="YAML config (default: configs/dds-edit.yaml)")
     ed.add_argument("--out", help="the new run folder")
     ed.set_defaults(func=cmd_edit)
+
+    rf = sub.add_parser("refine", help="mesh stage: refine a finished NeRF run as a DMTet mesh")
+    rf.add_argument("run_dir", help="the NeRF run folder")
+    rf.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
+    rf.add_argument("--steps", type=int)
+    rf.add_argument("--config", help="YAML config (default: configs/mesh.yaml)")
+    rf.add_argument("--out", help="the new run folder (default: RUN_DIR-mesh)")
+    rf.set_defaults(func=cmd_refine)
 
     e = sub.add_parser("export", help="export a run's mesh (GLB/OBJ) and turntable video")
     e.add_argument("run_dir")
@@ -288,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--methods", default="sds")
     sh.add_argument("--prompts", default=None, help="file with one prompt per line (default: every shape x 2 colors)")
     sh.add_argument("--seeds", default="0,1")
+    sh.add_argument("--stages", default="nerf", help="comma-separated: nerf,mesh (mesh refines each NeRF run)")
     sh.add_argument("--steps", type=int, default=None)
     sh.add_argument("--config", default=None)
     sh.add_argument("--out", default="outputs/bench")

@@ -120,6 +120,24 @@ class ExportConfig:
 
 
 @dataclass
+class MeshConfig:
+    """The mesh stage (DMTet + rasterizer; `stage: mesh`, `dream3d refine`) and two-stage recipes."""
+
+    tet_resolution: int = 64  # tet-grid cubes per axis (6 tets each)
+    deform_fraction: float = 0.25  # largest vertex offset, fraction of a grid cell
+    backend: str = "auto"  # rasterizer: auto | torch | nvdiffrast
+    sdf_lr: float = 0.005
+    deform_lr: float = 0.005
+    albedo_fit_steps: int = 300  # fitting the albedo field to the NeRF's before the mesh stage starts
+    sdf_regularizer: float = 0.0  # nvdiffrec's sign cross-entropy on crossed grid edges
+    normal_consistency: float = 0.0  # 1 - cos between neighbouring face normals
+    # two-stage recipes: after a NeRF run, run the mesh stage for this many steps (0 = NeRF only) with these
+    # key=value overrides on top of configs/mesh.yaml
+    refine_steps: int = 0
+    refine_overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     prompt: str = "a red cube"
     prior: str = ""  # hub id or local folder; empty = the bundled shapes prior
@@ -130,6 +148,8 @@ class RunConfig:
     preview_every: int = 100
     name: str = ""  # run folder name; empty = derived from the prompt
     edit_source: str = ""  # `dream3d edit`: the source run folder (its scene is frozen and edited by DDS)
+    stage: str = "nerf"  # nerf (volume rendering of a hash-grid NeRF) | mesh (DMTet + rasterizer)
+    init_from: str = ""  # mesh stage: the NeRF run folder it starts from (`dream3d refine` sets it)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -137,10 +157,13 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
+    "stage": ("nerf", "mesh"),
+    "mesh.backend": ("auto", "torch", "nvdiffrast"),
     "geometry.encoding_backend": ("auto", "cpp", "cuda", "tcnn", "torch"),
     "geometry.normal_type": ("finite_difference", "forward_difference", "analytic"),
     "render.backend": ("auto", "torch", "nerfacc"),
@@ -294,10 +317,16 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {v!r}")
     positive = ["steps", "render.height", "render.width", "render.batch_size", "render.samples_per_ray",
                 "render.occupancy_resolution", "checkpoint_every", "preview_every", "export.resolution",
-                "export.texture_size", "geometry.n_levels", "geometry.mlp_width"]
+                "export.texture_size", "geometry.n_levels", "geometry.mlp_width", "mesh.tet_resolution"]
     for key in positive:
         if get(cfg, key) <= 0:
             raise ConfigError(f"config key '{key}' must be positive; got {get(cfg, key)!r}")
+    if cfg.stage == "mesh" and not cfg.init_from:
+        raise ConfigError("the mesh stage starts from a finished NeRF run: use dream3d refine RUN_DIR")
+    if cfg.stage == "mesh" and cfg.edit_source:
+        raise ConfigError("dream3d edit works on NeRF runs; edit the NeRF run, then refine the edit")
+    if cfg.mesh.refine_steps < 0:
+        raise ConfigError(f"config key 'mesh.refine_steps' must be >= 0; got {cfg.mesh.refine_steps}")
     g = cfg.guidance
     if not (0.0 <= g.t_min < g.t_max <= 1.0):
         raise ConfigError(f"guidance.t_min/t_max must satisfy 0 <= t_min < t_max <= 1; got {g.t_min}, {g.t_max}")

@@ -102,14 +102,25 @@ class Trainer:
         self.renderer.load_state_dict(source.state_dict())
         return source
 
+    def _init_mesh_stage(self) -> None:
+        """Mesh stage, fresh run: DMTet sdf and albedo from the NeRF run `cfg.init_from` (init.json records it)."""
+        from dream3d.geometry.nerf_to_dmtet import init_from_run
+
+        stats = init_from_run(self.renderer, self.cfg.init_from, self.cfg.mesh.albedo_fit_steps, self.cfg.seed)
+        write_json_atomic(self.run_dir / "init.json", stats)
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
         geo = self.renderer.geometry
-        enc = list(geo.encoding.parameters())
-        enc_ids = {id(p) for p in enc}
-        rest = [p for p in self.renderer.parameters() if p.requires_grad and id(p) not in enc_ids]
+        if hasattr(geo, "param_groups"):  # DMTet: own learning rates for sdf and deformation
+            m = self.cfg.mesh
+            groups = geo.param_groups(o.lr, m.sdf_lr, m.deform_lr, o.lr * o.encoding_lr_multiplier)
+        else:
+            groups = [{"params": list(geo.encoding.parameters()), "lr": o.lr * o.encoding_lr_multiplier}]
+        ids = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in self.renderer.parameters() if p.requires_grad and id(p) not in ids]
         rest += [p for p in self.guidance.parameters()]
-        groups = [{"params": enc, "lr": o.lr * o.encoding_lr_multiplier}, {"params": rest, "lr": o.lr}]
+        groups.append({"params": rest, "lr": o.lr})
         return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
     # --- checkpoints -------------------------------------------------------------------------------------------
@@ -193,6 +204,8 @@ class Trainer:
             extra["entropy"] = cfg.loss.opacity_entropy * ent
         if cfg.loss.orientation > 0 and "orient" in out:
             extra["orientation"] = cfg.loss.orientation * out["orient"].mean()
+        if "regularizer" in out:  # the mesh stage's weighted mesh regularisers
+            extra["mesh_reg"] = out["regularizer"]
         for v in extra.values():
             loss = loss + v
         self.optimizer.zero_grad(set_to_none=True)
@@ -201,7 +214,11 @@ class Trainer:
         info = {k: float(v) for k, v in gout.info.items()}
         info.update({k: float(v.detach()) for k, v in extra.items()})
         info.update(shading=SHADINGS.index(shading), opacity=float(out["opacity"].detach().mean()),
-                    n_samples=int(out.get("n_samples", 0)), occupied=self.renderer.occupancy.occupied_fraction)
+                    n_samples=int(out.get("n_samples", 0)))
+        if hasattr(self.renderer, "occupancy"):
+            info["occupied"] = self.renderer.occupancy.occupied_fraction
+        if "n_faces" in out:
+            info["faces"] = out["n_faces"]
         if not np.isfinite(info.get("loss", 0.0)):
             raise Dream3DError(f"the loss became NaN/inf at step {self.step}; try a lower optim.lr")
         return info
@@ -224,6 +241,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
         resumed = self.load()
+        if not resumed and self.cfg.stage == "mesh":
+            self._init_mesh_stage()
         old = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
