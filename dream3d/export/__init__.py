@@ -15,21 +15,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 
 import torch
 
-from dream3d.errors import Dream3DError
 from dream3d.export.bake import bake_albedo
 from dream3d.export.fields import DEFAULT_CHUNK, geometry_device
 from dream3d.export.surface import Surface, extract_surface
+from dream3d.export.textured import FORMATS, check_export_args, write_textured
 from dream3d.export.uv import UVMesh, unwrap
 from dream3d.export.video import write_turntable
 from dream3d.export.writers import write_glb, write_obj
 
 logger = logging.getLogger("dream3d")
-
-FORMATS = ("glb", "obj")
 
 __all__ = ["FORMATS", "export_geometry", "write_turntable", "extract_surface", "Surface", "UVMesh", "unwrap",
            "bake_albedo", "write_glb", "write_obj"]
@@ -53,12 +50,7 @@ def export_geometry(geometry, out_dir: str | os.PathLike, formats: tuple[str, ..
     volume, components_removed, density_queries, albedo_queries, texture_coverage, time_*_s, time_total_s, ...}}.
     Raises `Dream3DError` (one line) for bad arguments or an empty/degenerate field.
     """
-    formats = tuple(dict.fromkeys(f.strip().lower() for f in formats if f.strip()))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise Dream3DError(f"unknown export format {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
-    if texture_size < 16 or texture_size > 8192:
-        raise Dream3DError(f"texture size must be between 16 and 8192 texels, got {texture_size}")
+    formats = check_export_args(formats, texture_size)
     device = torch.device(device) if device is not None else geometry_device(geometry)
     t0 = time.perf_counter()
     surface = extract_surface(geometry, resolution, level=level, coarse_factor=coarse_factor,
@@ -66,23 +58,12 @@ def export_geometry(geometry, out_dir: str | os.PathLike, formats: tuple[str, ..
                               chunk=chunk)
     stats = dict(surface.stats)
     t1 = time.perf_counter()
-    mesh = unwrap(surface.vertices, surface.faces, surface.normals, texture_size, uv_padding)
-    t2 = time.perf_counter()
-    texture, bake_stats = bake_albedo(geometry, mesh, texture_size, device, chunk)
-    stats.update(bake_stats)
-    t3 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    if "glb" in formats:
-        files["glb"] = write_glb(out / f"{name}.glb", mesh, texture, name)
-    if "obj" in formats:
-        files.update(write_obj(out / f"{name}.obj", mesh, texture))
-    t4 = time.perf_counter()
-    stats.update(vertices=int(mesh.vertices.shape[0]), faces=int(mesh.faces.shape[0]),
+    files, mesh, write_stats = write_textured(geometry, surface.vertices, surface.faces, surface.normals, out_dir,
+                                              formats, texture_size, uv_padding, name, device, chunk)
+    stats.update(write_stats, vertices=int(mesh.vertices.shape[0]), faces=int(mesh.faces.shape[0]),
                  vertices_before_uv=int(surface.vertices.shape[0]), resolution=int(resolution),
-                 texture_size=int(texture_size), time_surface_s=t1 - t0, time_uv_s=t2 - t1, time_bake_s=t3 - t2,
-                 time_write_s=t4 - t3, time_total_s=t4 - t0)
+                 texture_size=int(texture_size), time_surface_s=t1 - t0, time_total_s=time.perf_counter() - t0)
+    t4 = time.perf_counter()
     logger.info("exported %s in %.1f s (%d faces, level %.4g)", ", ".join(str(p) for p in files.values()),
                 t4 - t0, stats["faces"], stats["level"])
     return {"files": files, "stats": stats}
