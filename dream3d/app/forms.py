@@ -52,10 +52,11 @@ def method_config(method: str) -> RunConfig:
     return cfg
 
 
-def edit_guidance_scale() -> float:
-    """The DDS guidance scale of configs/dds-edit.yaml (the Edit tab's default)."""
+def edit_defaults() -> tuple[int, float]:
+    """(steps, DDS guidance scale) of configs/dds-edit.yaml: the Edit tab's defaults."""
     path = CONFIG_DIR / "dds-edit.yaml"
-    return load_config(path if path.is_file() else None).guidance.guidance_scale
+    cfg = load_config(path if path.is_file() else None)
+    return cfg.steps, cfg.guidance.guidance_scale
 
 
 def _number(value, name: str, integer: bool) -> float | int | None:
@@ -132,5 +133,5 @@ def describe(cfg: RunConfig) -> str:
             f"export {'off' if not e.enabled else f'{e.resolution}^3 grid, {e.texture_size}px texture'}")
 
 
-__all__ = ["EDITOR_HELP", "EDIT_EDITOR_HELP", "describe", "edit_config_from_form", "edit_guidance_scale",
+__all__ = ["EDITOR_HELP", "EDIT_EDITOR_HELP", "describe", "edit_config_from_form", "edit_defaults",
            "generate_config", "method_config", "methods"]

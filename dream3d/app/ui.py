@@ -272,8 +272,8 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
                         source_prompt = gr.Textbox(label="Source prompt (default: the run's prompt)",
                                                    elem_id="edit-source-prompt")
                         with gr.Row():
-                            edit_steps = gr.Number(value=400, precision=0, label="Steps", elem_id="edit-steps")
-                            edit_scale = gr.Number(value=forms.edit_guidance_scale(), label="Guidance scale",
+                            edit_steps = gr.Number(value=forms.edit_defaults()[0], precision=0, label="Steps", elem_id="edit-steps")
+                            edit_scale = gr.Number(value=forms.edit_defaults()[1], label="Guidance scale",
                                                    elem_id="edit-scale")
                         with gr.Accordion("Advanced config (YAML)", open=False, elem_id="edit-advanced"):
                             edit_editor = gr.Code(value=forms.EDIT_EDITOR_HELP, language="yaml",
