@@ -33,10 +33,12 @@ MESH_SMALL = ["mesh.tet_resolution=24", "mesh.albedo_fit_steps=10", "render.heig
 def test_mesh_renderer_matches_the_shapes_world(shape):
     """DMTet made from a sharp analytic field renders like the shapes world's ground truth (same camera model,
     same Lambertian shading, same light)."""
+    torch.manual_seed(0)  # the albedo field's initialisation
     field = SDFDensityField(shape, "red", sharpness=0.03, density_max=100.0)
     geo = DMTetGeometry(resolution=48, n_levels=4, log2_hashmap_size=12, encoding_backend="torch")
     sdf_from_density(geo, field, level=50.0)  # σ = density_max / 2 on the primitive's surface
-    fit_albedo(geo, field, steps=40, n_points=4096, batch=4096, lr=0.05)
+    # lr 0.05 diverged for about 1 initialisation in 15 (fit error 0.1); 0.02 converged for all tried
+    assert fit_albedo(geo, field, steps=100, n_points=4096, batch=4096, lr=0.02) < 0.03
     renderer = MeshRenderer(geo, backend="torch")
     cams = make_cameras([10.0, 40.0, 70.0], [20.0, 135.0, -60.0])
     with torch.no_grad():

@@ -31,12 +31,13 @@ def test_conversion_keeps_occupancy_iou(shape):
 
 
 def test_albedo_field_fits_the_nerf_albedo():
+    torch.manual_seed(0)  # the albedo field's initialisation (at lr 0.05 about 1 in 15 diverged)
     nerf = GradientAlbedoField("sphere", sharpness=0.03, density_max=50.0)
     geo = DMTetGeometry(resolution=24, n_levels=6, log2_hashmap_size=14, encoding_backend="torch")
     sdf_from_density(geo, nerf)
     with torch.no_grad():
         before = (geo.albedo(geo.extract_mesh().vertices) - nerf.albedo(geo.extract_mesh().vertices)).abs().mean()
-    err = fit_albedo(geo, nerf, steps=80, n_points=8192, batch=4096, lr=0.03)
+    err = fit_albedo(geo, nerf, steps=100, n_points=8192, batch=4096, lr=0.02)
     assert err < 0.03 < float(before)
     with torch.no_grad():  # held-out surface points
         m = geo.extract_mesh()
