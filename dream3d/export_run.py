@@ -48,12 +48,12 @@ def export_run(run_dir: str | Path, formats: list[str] | None = None, resolution
     e = cfg.export
     formats = formats or list(e.formats)
     t0 = time.time()
-    if cfg.stage == "mesh":  # the optimized mesh itself, no marching cubes
-        from dream3d.export.mesh_export import export_mesh_geometry
-        result = export_mesh_geometry(renderer.geometry, run_dir / "export", formats=formats,
-                                      texture_size=texture_size or e.texture_size)
-    else:
-        with torch.no_grad():
+    with torch.no_grad():
+        if cfg.stage == "mesh":  # the optimized mesh itself, no marching cubes
+            from dream3d.export.mesh_export import export_mesh_geometry
+            result = export_mesh_geometry(renderer.geometry, run_dir / "export", formats=formats,
+                                          texture_size=texture_size or e.texture_size)
+        else:
             result = export_geometry(renderer.geometry, run_dir / "export", formats=formats,
                                      resolution=resolution or e.resolution,
                                      texture_size=texture_size or e.texture_size)
