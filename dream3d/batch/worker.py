@@ -2,8 +2,9 @@
 
 `run_job` builds a `Trainer` for the job's resolved config in its run folder (so a folder that holds a
 checkpoint is resumed from it; the worker's prior is reused across its jobs), trains, exports (`export_run`, as
-`dream3d generate` does), renders a thumbnail, and reports events through `emit`. Any exception becomes a "failed" result with a one-line error (the full
-traceback goes to `<run>/error.log`), so one bad job never stops the worker.
+`dream3d generate` does), renders a thumbnail, and reports events through `emit`. Any exception becomes a
+"failed" result with a one-line error (the full traceback goes to `<run>/error.log`), so one bad job never
+stops the worker.
 
 Events (dicts, all with "type" and "job"):
   started    {host, pid}                     the worker took the job
