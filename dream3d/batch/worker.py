@@ -1,8 +1,8 @@
 """One batch job, run inside a worker (a spawned process or a Ray task): the ordinary generation path.
 
-`run_job` builds a `Trainer` for the job's resolved config in its run folder (so a folder that holds a
-checkpoint is resumed from it; the worker's prior is reused across its jobs), trains, exports (`export_run`, as
-`dream3d generate` does), renders a thumbnail, and reports events through `emit`. Any exception becomes a
+`run_job` trains the job's resolved config in its run folder with `trainer.train_stages` (so a folder that holds
+a checkpoint is resumed from it, and a two-stage recipe goes on in `<run>-mesh`; the worker's prior is reused
+across its jobs), exports the last stage (`export_run`, as `dream3d generate` does), renders a thumbnail, and reports events through `emit`. Any exception becomes a
 "failed" result with a one-line error (the full traceback goes to `<run>/error.log`), so one bad job never
 stops the worker.
 
@@ -104,20 +104,25 @@ def run_job(job, run_dir: str | Path, emit: Callable[[dict], None],
         if job.error:
             from dream3d.errors import Dream3DError
             raise Dream3DError(job.error)
-        from dream3d.trainer import Trainer
+        from dream3d.trainer import train_stages
 
-        trainer = Trainer(job.cfg, run_dir, prior=shared_prior(job.cfg), events=on_event)
-        if should_stop():
-            result["state"] = "interrupted"
-        elif trainer.train() != "done":
+        def follow(t) -> None:  # each stage's trainer, so that a stop request reaches it
+            nonlocal trainer
+            trainer = t
+            if should_stop():
+                t.request_stop("interrupted")
+
+        state, trainer = train_stages(job.cfg, run_dir, prior=shared_prior(job.cfg), events=on_event,
+                                      on_trainer=follow)
+        if state != "done":
             result["state"] = "interrupted"
         else:
             outputs: dict[str, str] = {}
-            if job.cfg.export.enabled:
+            if trainer.cfg.export.enabled:
                 from dream3d.export_run import export_run
 
                 emit({"type": "progress", **base, "step": trainer.step, "steps": job.steps, "phase": "export"})
-                files = export_run(run_dir, trainer=trainer)["files"]
+                files = export_run(trainer.run_dir, trainer=trainer)["files"]
                 outputs.update({k: str(v) for k, v in files.items()})
             outputs["thumbnail"] = str(write_thumbnail(trainer, run_dir / "thumbnail.png"))
             result.update(state="done", outputs=outputs)

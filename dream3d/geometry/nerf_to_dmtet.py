@@ -17,7 +17,9 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dream3d.errors import Dream3DError
 from dream3d.export.fields import DEFAULT_CHUNK, geometry_device, query
@@ -28,35 +30,154 @@ log = logging.getLogger("dream3d")
 LOG_EPS = 0.05
 
 
-@torch.no_grad()
-def sdf_from_density(dmtet: DMTetGeometry, geometry, level: float | None = None, level_resolution: int = 128,
-                     chunk: int = DEFAULT_CHUNK) -> float:
-    """Set dmtet.sdf from the density of `geometry` (any geometry with `bound` and `density`) and zero the
-    deformation; returns the density level τ used (automatic when None, on a level_resolution^3 grid)."""
+def density_occupancy(geometry, resolution: int = 128, level: float | None = None,
+                      chunk: int = DEFAULT_CHUNK) -> tuple[torch.Tensor, float]:
+    """{σ > τ} at the vertices of a resolution^3 grid over the geometry's box: (R+1)^3 bool, indexed [x, y, z],
+    and τ (the export's automatic level when None)."""
     from dream3d.export.level import select_level
     from dream3d.export.surface import coarse_density_grid
 
-    device = geometry_device(geometry)
+    grid = coarse_density_grid(geometry, resolution, float(geometry.bound), geometry_device(geometry), chunk)
+    if not grid.max() > 0:
+        raise Dream3DError("the NeRF's density is zero everywhere; nothing to refine")
+    if level is None:
+        level = select_level(grid, float(geometry.bound)).level
+    return grid > level, float(level)
+
+
+def visual_hull(points: torch.Tensor, cams, opacity: torch.Tensor, threshold: float = 0.5,
+                chunk: int = 1 << 21) -> torch.Tensor:
+    """Points (P,3) that every camera sees inside its silhouette {opacity > threshold}: (P,) bool.
+
+    opacity: (B,1,H,W) rendered for `cams`, bilinearly interpolated at the projected points; points behind a
+    camera or outside its image are outside the hull.
+    """
+    from dream3d.render.rasterize import project
+
+    h, w = opacity.shape[-2:]
+    inside = torch.ones(points.shape[0], dtype=torch.bool)
+    for start in range(0, points.shape[0], chunk):
+        p = points[start:start + chunk]
+        for i in range(len(cams)):
+            xy, depth = project(p, cams[i:i + 1], h, w)
+            uv = torch.stack([xy[0, :, 0] / w, xy[0, :, 1] / h], -1) * 2 - 1  # pixel -> [-1,1], align_corners=False
+            a = F.grid_sample(opacity[i:i + 1].float(), uv[None, None], mode="bilinear", padding_mode="zeros",
+                              align_corners=False)[0, 0, 0]
+            inside[start:start + chunk] &= (a > threshold) & (depth[0] > 0)
+    return inside
+
+
+def signed_distance_grid(occ: torch.Tensor, bound: float, blur_voxels: float = 0.5) -> torch.Tensor:
+    """Signed distance (world units, negative inside) of the solid `occ` ((n+1)^3 bool vertex grid over
+    [-bound, bound]^3), by Euclidean distance transforms, Gaussian-smoothed by `blur_voxels` grid steps.
+
+    The surface is put half a step outside the last inside vertex (between it and the first outside one); the
+    smoothing removes the staircase a voxel solid has, so marching tetrahedra gets a smooth zero set (half a step
+    keeps a cube's edges: on real NeRF runs 0.5 gave the best silhouettes, 1.0 rounded edges). The grid's outer
+    layer is forced outside so that the surface is closed.
+    """
+    from scipy import ndimage
+
+    solid = occ.cpu().numpy().astype(bool)
+    solid[[0, -1], :, :] = solid[:, [0, -1], :] = solid[:, :, [0, -1]] = False
+    step = 2.0 * bound / (solid.shape[0] - 1)
+    outside = ndimage.distance_transform_edt(~solid) - 0.5
+    inside = ndimage.distance_transform_edt(solid) - 0.5
+    sdf = np.where(solid, -inside, outside) * step
+    if blur_voxels > 0:
+        sdf = ndimage.gaussian_filter(sdf, blur_voxels, mode="nearest")
+    return torch.from_numpy(sdf).float()
+
+
+def sample_vertex_grid(grid: torch.Tensor, bound: float, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear interpolation of a vertex grid (n+1)^3 over [-bound, bound]^3, indexed [x, y, z], at points
+    (P,3) -> (P,)."""
+    vol = grid.float()[None, None].permute(0, 1, 4, 3, 2)  # (1,1,Z,Y,X): grid_sample wants (x,y,z) -> (W,H,D)
+    coords = (points.float() / bound).reshape(1, 1, 1, -1, 3)
+    return F.grid_sample(vol, coords, mode="bilinear", padding_mode="border", align_corners=True).reshape(-1)
+
+
+@torch.no_grad()
+def sdf_from_density(dmtet: DMTetGeometry, geometry, level: float | None = None, level_resolution: int = 128,
+                     chunk: int = DEFAULT_CHUNK) -> float:
+    """Set dmtet.sdf to the smoothed signed distance of {σ > τ} of `geometry` (any geometry with `bound` and
+    `density`) and zero the deformation; returns τ (automatic when None, on a level_resolution^3 grid)."""
+    bound = _check_bound(dmtet, geometry)
+    occ, level = density_occupancy(geometry, level_resolution, level, chunk)
+    sdf = signed_distance_grid(occ, bound)
+    dmtet.sdf.copy_(sample_vertex_grid(sdf, bound, dmtet.grid_vertices.cpu()).to(dmtet.sdf.device))
+    dmtet.deform.zero_()
+    return level
+
+
+@torch.no_grad()
+def sdf_from_nerf(dmtet: DMTetGeometry, renderer, carve_views: int = 48, image_size: int = 64,
+                  level_resolution: int = 128, dilation: int = 2, seed: int = 0, chunk: int = DEFAULT_CHUNK) -> dict:
+    """Set dmtet.sdf from a NeRF renderer: its level set {σ > τ}, carved by the visual hull of its rendered
+    silhouettes, as a smoothed signed distance, then offset to match those silhouettes (see module doc).
+
+    carve_views: random training cameras rendered at image_size^2 for the hull and the offset (0: level set
+    only); dilation: grid steps the level set is grown by before the hull cuts it (the hull decides the outline,
+    the level set keeps concavities no silhouette shows). Returns {level, offset, silhouette_iou} (offset in
+    world units; silhouette_iou: mesh vs NeRF silhouettes over the carving views, nan without carving).
+    """
+    from scipy import ndimage
+
+    from dream3d.cameras import sample_cameras
+    from dream3d.export.surface import vertex_grid_points
+
+    geometry = renderer.geometry
+    bound = _check_bound(dmtet, geometry)
+    occ, level = density_occupancy(geometry, level_resolution, None, chunk)
+    stats = {"level": level, "offset": 0.0, "silhouette_iou": float("nan")}
+    if carve_views > 0:
+        cams = sample_cameras(carve_views, generator=torch.Generator().manual_seed(seed))
+        src = geometry_device(geometry)
+        opacity = torch.cat([renderer.render_chunked(cams[i:i + 8].to(src), image_size, image_size,
+                                                     shading="albedo", with_normal=False)["opacity"].cpu()
+                             for i in range(0, carve_views, 8)])
+        grown = torch.from_numpy(ndimage.binary_dilation(occ.numpy(), iterations=dilation)) if dilation else occ
+        hull = visual_hull(vertex_grid_points(level_resolution, bound).reshape(-1, 3), cams, opacity)
+        occ = grown & hull.reshape(occ.shape)
+    sdf = sample_vertex_grid(signed_distance_grid(occ, bound), bound, dmtet.grid_vertices.cpu())
+    dmtet.deform.zero_()
+    dmtet.sdf.copy_(sdf.to(dmtet.sdf.device))
+    if carve_views > 0:
+        stats.update(_match_silhouettes(dmtet, sdf, cams, opacity > 0.5))
+    if dmtet.extract_mesh().faces.shape[0] == 0:
+        raise Dream3DError("the NeRF has no surface at its iso level; nothing to refine")
+    return stats
+
+
+def _match_silhouettes(dmtet: DMTetGeometry, sdf: torch.Tensor, cams, target: torch.Tensor,
+                       steps: int = 7) -> dict:
+    """Shift the sdf by the constant (0 to 3/4 of a tet cell outwards) whose rasterized mesh silhouettes best
+    match `target` (B,1,H,W) bool in mean IoU: a hull of many views sits slightly inside each view's silhouette,
+    and the smoothing rounds it inwards a little more. Leaves dmtet.sdf at the best shift."""
+    from dream3d.render.rasterize import Rasterizer
+
+    rast = Rasterizer("auto")
+    h, w = target.shape[-2:]
+    t = target[:, 0].to(dmtet.sdf.device)
+    best = (-1.0, 0.0)
+    for k in range(steps):
+        offset = 0.125 * k * dmtet.cell
+        dmtet.sdf.copy_((sdf - offset).to(dmtet.sdf.device))
+        mesh = dmtet.extract_mesh()
+        if mesh.faces.shape[0] == 0:
+            continue
+        covered = rast.rasterize(mesh.vertices, mesh.faces, cams.to(dmtet.sdf.device), h, w).face_id >= 0
+        iou = float(((covered & t).flatten(1).sum(1) / (covered | t).flatten(1).sum(1).clamp_min(1)).mean())
+        best = max(best, (iou, offset))
+    dmtet.sdf.copy_((sdf - best[1]).to(dmtet.sdf.device))
+    return {"offset": best[1], "silhouette_iou": best[0]}
+
+
+def _check_bound(dmtet: DMTetGeometry, geometry) -> float:
     bound = float(geometry.bound)
     if abs(bound - dmtet.bound) > 1e-6:
         raise Dream3DError(f"the NeRF's box (bound {bound}) differs from the tet grid's ({dmtet.bound})")
-    coarse = None
-    if level is None:
-        coarse = coarse_density_grid(geometry, level_resolution, bound, device, chunk)
-        if not coarse.max() > 0:
-            raise Dream3DError("the NeRF's density is zero everywhere; nothing to refine")
-        level = select_level(coarse, bound).level
-    res = dmtet.resolution
-    if coarse is not None and level_resolution % res == 0:
-        k = level_resolution // res  # the tet grid's vertices are a subset of the level grid's
-        sigma = coarse[::k, ::k, ::k].reshape(-1)
-    else:
-        sigma = query(geometry.density, dmtet.grid_vertices.cpu(), device, chunk)
-    eps = LOG_EPS * level
-    sdf = torch.log(torch.tensor(level + eps)) - torch.log(sigma.double() + eps)
-    dmtet.sdf.copy_(sdf.float().to(dmtet.sdf.device))
-    dmtet.deform.zero_()
-    return float(level)
+    return bound
 
 
 def surface_samples(vertices: torch.Tensor, faces: torch.Tensor, n: int,
@@ -107,29 +228,31 @@ def fit_albedo(dmtet: DMTetGeometry, geometry, steps: int = 300, n_points: int =
     return float(err.mean())
 
 
-def init_from_geometry(dmtet: DMTetGeometry, geometry, albedo_steps: int = 300, level: float | None = None,
-                       seed: int = 0) -> dict:
-    """sdf_from_density + fit_albedo; returns {level, faces, albedo_error, seconds}."""
+def init_from_nerf(dmtet: DMTetGeometry, renderer, albedo_steps: int = 300, carve_views: int = 48,
+                   seed: int = 0) -> dict:
+    """sdf_from_nerf + fit_albedo on a NeRF renderer; returns {level, offset, silhouette_iou, faces,
+    albedo_error, seconds}."""
     t0 = time.time()
-    level = sdf_from_density(dmtet, geometry, level)
-    err = fit_albedo(dmtet, geometry, steps=albedo_steps, seed=seed) if albedo_steps > 0 else float("nan")
+    stats = sdf_from_nerf(dmtet, renderer, carve_views, seed=seed)
+    err = fit_albedo(dmtet, renderer.geometry, steps=albedo_steps, seed=seed) if albedo_steps > 0 else float("nan")
     with torch.no_grad():
         faces = int(dmtet.extract_mesh().faces.shape[0])
-    stats = {"level": level, "faces": faces, "albedo_error": err, "seconds": time.time() - t0}
-    log.info("DMTet initialised from the NeRF: level %.4g, %d faces, albedo error %.3f, %.1f s", level, faces,
-             err, stats["seconds"])
+    stats.update(faces=faces, albedo_error=err, seconds=time.time() - t0)
+    log.info("DMTet initialised from the NeRF: level %.4g, offset %.4f, silhouette IoU %.3f, %d faces, albedo "
+             "error %.3f, %.1f s", stats["level"], stats["offset"], stats["silhouette_iou"], faces, err,
+             stats["seconds"])
     return stats
 
 
-def init_from_run(renderer, run_dir, albedo_steps: int = 300, seed: int = 0) -> dict:
+def init_from_run(renderer, run_dir, albedo_steps: int = 300, carve_views: int = 48, seed: int = 0) -> dict:
     """Initialise a MeshRenderer's DMTet geometry (and its background, when of the same kind) from a finished
-    NeRF run folder; returns the `init_from_geometry` stats plus the source run."""
+    NeRF run folder; returns the `init_from_nerf` stats plus the source run."""
     from dream3d.export_run import load_run_renderer
 
     src_cfg, src = load_run_renderer(run_dir, str(renderer.device))
     if src_cfg.stage != "nerf":
         raise Dream3DError(f"{run_dir} is a {src_cfg.stage} run; the mesh stage starts from a NeRF run")
-    stats = init_from_geometry(renderer.geometry, src.geometry, albedo_steps, seed=seed)
+    stats = init_from_nerf(renderer.geometry, src.eval(), albedo_steps, carve_views, seed=seed)
     if type(src.background) is type(renderer.background):
         renderer.background.load_state_dict(src.background.state_dict())
     return {**stats, "source": str(run_dir)}

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from dream3d.cameras import camera_features, sample_cameras, view_index, VIEW_SUFFIXES
 from dream3d.checkpoint import (find_checkpoint, load_checkpoint, load_module_tensors, load_optimizer_tensors,
                                 module_tensors, optimizer_tensors, save_checkpoint)
+from dream3d.errors import Dream3DError
 from dream3d.priors import shapes_prior_model as spm
 from dream3d.shapes.primitives import COLORS, SHAPES
 from dream3d.shapes.render import render_shapes
@@ -44,9 +45,16 @@ def prompt_token_table(tokenizer) -> torch.Tensor:
     return ids
 
 
-def make_batch(batch: int, gen: torch.Generator, resolution: int, device: torch.device):
-    """Render one training batch: images (B,3,H,W) in [-1,1], shape/color/view indices, camera features (B,5)."""
-    si = torch.randint(len(SHAPE_NAMES), (batch,), generator=gen)
+def make_batch(batch: int, gen: torch.Generator, resolution: int, device: torch.device,
+               shape_probs: torch.Tensor | None = None):
+    """Render one training batch: images (B,3,H,W) in [-1,1], shape/color/view indices, camera features (B,5).
+
+    shape_probs: (S,) sampling probability per shape (default uniform).
+    """
+    if shape_probs is None:
+        si = torch.randint(len(SHAPE_NAMES), (batch,), generator=gen)
+    else:
+        si = torch.multinomial(shape_probs, batch, replacement=True, generator=gen)
     ci = torch.randint(len(COLOR_NAMES), (batch,), generator=gen)
     cams = sample_cameras(batch, generator=gen)
     rgb, _ = render_shapes([SHAPE_NAMES[i] for i in si], [COLOR_NAMES[i] for i in ci], cams.to(device), resolution)
@@ -54,12 +62,25 @@ def make_batch(batch: int, gen: torch.Generator, resolution: int, device: torch.
     return rgb * 2 - 1, si, ci, vi, camera_features(cams)
 
 
-def _render_pool(size: int, seed: int, resolution: int, device: torch.device, chunk: int = 2048):
+def _render_pool(size: int, seed: int, resolution: int, device: torch.device,
+                 shape_probs: torch.Tensor | None = None, chunk: int = 2048):
     """Pre-render a pool of training samples (used on GPUs, where rendering per step would dominate)."""
     gen = torch.Generator().manual_seed(seed * 7919 + 17)
-    parts = [make_batch(min(chunk, size - i), gen, resolution, device) for i in range(0, size, chunk)]
+    parts = [make_batch(min(chunk, size - i), gen, resolution, device, shape_probs) for i in range(0, size, chunk)]
     img = torch.cat([((p[0] + 1) * 127.5).round().to(torch.uint8) for p in parts])
     return (img, *(torch.cat([p[k] for p in parts]).to(device) for k in range(1, 5)))
+
+
+def shape_probabilities(weights: dict[str, float] | None) -> torch.Tensor | None:
+    """Normalised (S,) shape sampling probabilities from {shape: relative weight} (unnamed shapes weigh 1)."""
+    if not weights:
+        return None
+    unknown = sorted(set(weights) - set(SHAPE_NAMES))
+    if unknown or any(w <= 0 for w in weights.values()):
+        raise Dream3DError(f"shape weights must name shapes ({', '.join(SHAPE_NAMES)}) with positive weights; "
+                           f"got {weights}")
+    w = torch.tensor([float(weights.get(s, 1.0)) for s in SHAPE_NAMES])
+    return w / w.sum()
 
 
 def _lr_at(step: int, base_lr: float, steps: int, warmup: int = 500) -> float:
@@ -73,13 +94,16 @@ def train_shapes_prior(out: str | Path, steps: int = 20000, resolution: int = sp
                        seed: int = 0, lr: float = 3e-4, device: str = "auto", checkpoint_every: int = 1000,
                        pool_size: int | None = None, prompt_dropout: float = 0.1, camera_dropout: float = 0.1,
                        ema_decay: float = 0.999, max_minutes: float | None = None, recommended_cfg: float = 3.0,
-                       init_from: str | Path | None = None, warmup: int = 500, progress: bool = True) -> Path:
+                       init_from: str | Path | None = None, warmup: int = 500,
+                       shape_weights: dict[str, float] | None = None, progress: bool = True) -> Path:
     """Train (or resume training of) the shapes prior into the folder `out`; returns `out`.
 
     pool_size: number of pre-rendered samples to draw batches from (default: 200k on CUDA, on-the-fly on CPU).
     max_minutes: stop early (with a checkpoint and an exported prior) after this wall time.
     init_from: start from the weights of an existing prior folder (fine-tuning) instead of a random init.
+    shape_weights: relative sampling weight per shape, e.g. {"wedge": 3} to show the hardest shape more often.
     """
+    shape_probs = shape_probabilities(shape_weights)
     out = Path(out)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
@@ -120,10 +144,10 @@ def train_shapes_prior(out: str | Path, steps: int = 20000, resolution: int = sp
     acp = scheduler.alphas_cumprod.to(dev)
     if pool_size is None:
         pool_size = 200_000 if dev.type == "cuda" else 0
-    pool = _render_pool(pool_size, seed, resolution, dev) if pool_size > 0 else None
+    pool = _render_pool(pool_size, seed, resolution, dev, shape_probs) if pool_size > 0 else None
     use_bf16 = True
     info = {"steps": steps, "batch": batch, "seed": seed, "lr": lr, "resolution": resolution,
-            "init_from": str(init_from) if init_from else None,
+            "init_from": str(init_from) if init_from else None, "shape_weights": shape_weights or None,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "pool_size": pool_size}
 
     def save(step: int, seconds: float) -> None:
@@ -148,7 +172,7 @@ def train_shapes_prior(out: str | Path, steps: int = 20000, resolution: int = sp
             x0 = pool[0][idx].float() / 127.5 - 1
             si, ci, vi, camf = (p[idx] for p in pool[1:])
         else:
-            x0, si, ci, vi, camf = make_batch(batch, gen, resolution, dev)
+            x0, si, ci, vi, camf = make_batch(batch, gen, resolution, dev, shape_probs)
         si, ci, vi, camf = si.to(dev), ci.to(dev), vi.to(dev), camf.to(dev)
         ids = token_table[si, ci, vi]
         drop_text = (torch.rand(batch, generator=gen) < prompt_dropout).to(dev)
