@@ -132,6 +132,7 @@ class MeshConfig:
     carve_views: int = 48  # NeRF silhouettes that carve (and calibrate) the initial surface; 0: level set only
     sdf_regularizer: float = 0.0  # nvdiffrec's sign cross-entropy on crossed grid edges
     normal_consistency: float = 0.0  # 1 - cos between neighbouring face normals
+    sdf_anchor: float = 0.1  # pull of the sdf towards its start near the surface (DMTetGeometry.anchor_penalty)
     # two-stage recipes: after a NeRF run, run the mesh stage for this many steps (0 = NeRF only) with these
     # key=value overrides on top of configs/mesh.yaml
     refine_steps: int = 0

@@ -54,7 +54,7 @@ def _build_mesh_renderer(cfg: RunConfig, background):
                              per_level_scale=g.per_level_scale, mlp_width=g.mlp_width,
                              encoding_backend=g.encoding_backend)
     return MeshRenderer(geometry, background, backend=m.backend, sdf_regularizer=m.sdf_regularizer,
-                        normal_consistency=m.normal_consistency)
+                        normal_consistency=m.normal_consistency, sdf_anchor=m.sdf_anchor)
 
 
 def build_guidance(cfg: RunConfig, prior):

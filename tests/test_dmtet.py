@@ -113,3 +113,22 @@ def test_mesh_occupancy_matches_analytic_shapes():
     ring = (pts[..., :2].norm(dim=-1) - 0.6) ** 2 + pts[..., 2] ** 2 < 0.25 ** 2  # trimesh's torus is about z
     assert volume_iou(occ, ring) > 0.95
     assert not occ[24, 24, 24] and occ[24 + 14, 24, 24]  # the hole, the ring
+
+
+def test_anchor_penalty_counts_the_band_around_the_starting_surface():
+    geo = DMTetGeometry(resolution=8, n_levels=2, log2_hashmap_size=10, encoding_backend="torch")
+    start = geo.grid_vertices.norm(dim=-1) - 0.5  # a sphere's signed distance
+    with torch.no_grad():
+        geo.sdf.copy_(start)
+        geo.sdf_anchor.copy_(start)
+    assert float(geo.anchor_penalty()) == 0.0
+    with torch.no_grad():
+        geo.sdf.add_(0.1 * geo.cell)  # every vertex moved by a tenth of a cell
+    near = int((start.abs() < 2 * geo.cell).sum())
+    assert 0 < near < start.numel()
+    assert math.isclose(float(geo.anchor_penalty()), near * 0.01, rel_tol=1e-4)
+    geo.anchor_penalty().backward()  # d/dsdf = 2 Δ / cell² inside the band, 0 outside
+    inside = start.abs() < 2 * geo.cell
+    assert torch.allclose(geo.sdf.grad[inside], torch.full((near,), 0.2 / geo.cell), rtol=1e-4)
+    assert (geo.sdf.grad[~inside] == 0).all()
+    assert "sdf_anchor" in geo.state_dict()  # saved with the checkpoint, so a resumed stage keeps its anchor

@@ -60,6 +60,7 @@ class DMTetGeometry(nn.Module):
         self.register_buffer("tets", tets, persistent=False)
         self.sdf = nn.Parameter(torch.zeros(verts.shape[0]))
         self.deform = nn.Parameter(torch.zeros(verts.shape[0], 3))
+        self.register_buffer("sdf_anchor", torch.zeros(verts.shape[0]))  # the sdf the stage started from
         self.encoding = HashGridEncoding(n_input_dims=3, n_levels=n_levels, n_features_per_level=n_features_per_level,
                                          log2_hashmap_size=log2_hashmap_size, base_resolution=base_resolution,
                                          per_level_scale=per_level_scale, backend=encoding_backend)
@@ -88,6 +89,13 @@ class DMTetGeometry(nn.Module):
         sa, sb = self.sdf[grid_edges[:, 0]], self.sdf[grid_edges[:, 1]]
         return 0.5 * (F.binary_cross_entropy_with_logits(sa, (sb > 0).float())
                       + F.binary_cross_entropy_with_logits(sb, (sa > 0).float()))
+
+    def anchor_penalty(self, band: float = 2.0) -> torch.Tensor:
+        """Sum over the vertices within `band` cells of the starting surface of ((sdf − sdf_anchor) / cell)²:
+        keeps the surface near where the stage started (the NeRF's, see `nerf_to_dmtet`) unless the guidance
+        keeps pushing it (SDS on the mesh otherwise inflates shapes by a steady fraction of a cell)."""
+        near = self.sdf_anchor.abs() < band * self.cell
+        return (((self.sdf - self.sdf_anchor) / self.cell)[near] ** 2).sum()
 
     def param_groups(self, lr: float, sdf_lr: float, deform_lr: float, encoding_lr: float) -> list[dict]:
         """Optimizer parameter groups: sdf, deformation, albedo hash grid, albedo MLP."""

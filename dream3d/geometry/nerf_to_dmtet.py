@@ -234,6 +234,8 @@ def init_from_nerf(dmtet: DMTetGeometry, renderer, albedo_steps: int = 300, carv
     albedo_error, seconds}."""
     t0 = time.time()
     stats = sdf_from_nerf(dmtet, renderer, carve_views, seed=seed)
+    with torch.no_grad():
+        dmtet.sdf_anchor.copy_(dmtet.sdf)
     err = fit_albedo(dmtet, renderer.geometry, steps=albedo_steps, seed=seed) if albedo_steps > 0 else float("nan")
     with torch.no_grad():
         faces = int(dmtet.extract_mesh().faces.shape[0])

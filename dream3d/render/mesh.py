@@ -28,18 +28,19 @@ from dream3d.render.shading import check_shading, needs_normals, shade
 class MeshRenderer(nn.Module):
     """Renders a geometry with `extract_mesh()` and `albedo(x)` (DMTetGeometry) through a rasterizer.
 
-    backend: rasterizer backend ("auto" | "torch" | "nvdiffrast"); sdf_regularizer, normal_consistency: weights
-    of the regularisers returned as `regularizer` when rendering with gradients.
+    backend: rasterizer backend ("auto" | "torch" | "nvdiffrast"); sdf_regularizer, normal_consistency,
+    sdf_anchor: weights of the regularisers returned as `regularizer` when rendering with gradients.
     """
 
     def __init__(self, geometry: nn.Module, background: nn.Module | None = None, backend: str = "auto",
-                 sdf_regularizer: float = 0.0, normal_consistency: float = 0.0) -> None:
+                 sdf_regularizer: float = 0.0, normal_consistency: float = 0.0, sdf_anchor: float = 0.0) -> None:
         super().__init__()
         self.geometry = geometry
         self.background = background if background is not None else SolidBackground()
         self.bound = float(geometry.bound)
         self.rasterizer = Rasterizer(backend)
         self.sdf_regularizer, self.normal_consistency = float(sdf_regularizer), float(normal_consistency)
+        self.sdf_anchor = float(sdf_anchor)
 
     def update_occupancy(self, step: int, generator: torch.Generator | None = None) -> bool:
         """The trainer's per-step hook; a mesh has no occupancy grid to update."""
@@ -98,10 +99,12 @@ class MeshRenderer(nn.Module):
                                "try a lower mesh.sdf_lr")
         topo = mesh_topology(mesh.faces) if mesh.faces.shape[0] else None
         out = self.render_mesh(mesh, cams, height, width, shading, light_dirs, with_normal, bg_color, topo)
-        if torch.is_grad_enabled() and (self.sdf_regularizer > 0 or self.normal_consistency > 0):
+        if torch.is_grad_enabled() and (self.sdf_regularizer > 0 or self.normal_consistency > 0 or self.sdf_anchor > 0):
             reg = mesh.vertices.new_zeros(())
             if self.sdf_regularizer > 0:
                 reg = reg + self.sdf_regularizer * self.geometry.sdf_regularizer(mesh.grid_edges)
+            if self.sdf_anchor > 0:
+                reg = reg + self.sdf_anchor * self.geometry.anchor_penalty()
             if self.normal_consistency > 0:
                 reg = reg + self.normal_consistency * normal_consistency(mesh.vertices, mesh.faces,
                                                                          topo.edge_faces)
