@@ -127,7 +127,7 @@ class MeshConfig:
     deform_fraction: float = 0.25  # largest vertex offset, fraction of a grid cell
     backend: str = "auto"  # rasterizer: auto | torch | nvdiffrast
     sdf_lr: float = 0.0005  # world units per Adam step (the sdf is a signed distance)
-    deform_lr: float = 0.005
+    deform_lr: float = 0.001
     albedo_fit_steps: int = 300  # fitting the albedo field to the NeRF's before the mesh stage starts
     carve_views: int = 48  # NeRF silhouettes that carve (and calibrate) the initial surface; 0: level set only
     sdf_regularizer: float = 0.0  # nvdiffrec's sign cross-entropy on crossed grid edges

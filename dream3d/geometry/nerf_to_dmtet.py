@@ -112,7 +112,7 @@ def sdf_from_density(dmtet: DMTetGeometry, geometry, level: float | None = None,
 
 @torch.no_grad()
 def sdf_from_nerf(dmtet: DMTetGeometry, renderer, carve_views: int = 48, image_size: int = 64,
-                  level_resolution: int = 128, dilation: int = 2, seed: int = 0, chunk: int = DEFAULT_CHUNK) -> dict:
+                  level_resolution: int = 192, dilation: int = 2, seed: int = 0, chunk: int = DEFAULT_CHUNK) -> dict:
     """Set dmtet.sdf from a NeRF renderer: its level set {σ > τ}, carved by the visual hull of its rendered
     silhouettes, as a smoothed signed distance, then offset to match those silhouettes (see module doc).
 

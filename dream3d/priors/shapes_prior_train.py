@@ -10,6 +10,7 @@ to OUT in diffusers layout (fp16) at the end, and also at every checkpoint so a 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -146,8 +147,12 @@ def train_shapes_prior(out: str | Path, steps: int = 20000, resolution: int = sp
         pool_size = 200_000 if dev.type == "cuda" else 0
     pool = _render_pool(pool_size, seed, resolution, dev, shape_probs) if pool_size > 0 else None
     use_bf16 = True
+    init_training = None  # the starting prior's own record, so a fine-tuned prior keeps its whole history
+    if init_from is not None and (Path(init_from) / "dream3d_prior.json").is_file():
+        init_training = json.loads((Path(init_from) / "dream3d_prior.json").read_text()).get("training")
     info = {"steps": steps, "batch": batch, "seed": seed, "lr": lr, "resolution": resolution,
-            "init_from": str(init_from) if init_from else None, "shape_weights": shape_weights or None,
+            "init_from": str(init_from) if init_from else None, "init_training": init_training,
+            "shape_weights": shape_weights or None,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "pool_size": pool_size}
 
     def save(step: int, seconds: float) -> None:
