@@ -223,8 +223,11 @@ def test_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path):
         {"prompt": "a yellow torus", "steps": 40, "overrides": ["checkpoint_every=4"]},
         {"prompt": "a purple cylinder"}])
     out = tmp_path / "out"
+    # Ctrl-C as from a terminal; the default SIGINT action is restored first, because a suite started in the
+    # background of a non-interactive shell inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt
     proc = subprocess.Popen(batch_cmd(prompts, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         victim = wait_for(lambda: _running_with_checkpoint(out, 0), what="job 1 running with a checkpoint")
         proc.send_signal(signal.SIGINT)
