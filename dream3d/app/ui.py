@@ -248,11 +248,11 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
                         prior = gr.Textbox(label="Prior", placeholder="bundled (leave empty), or a hub id or a "
                                            "local diffusers folder", elem_id="prior")
                         with gr.Row():
-                            steps = gr.Number(value=forms.method_config("sds").steps, precision=0, label="Steps",
-                                              elem_id="steps")
+                            sds_defaults = forms.method_config("sds")
+                            steps = gr.Number(value=sds_defaults.steps, precision=0, label="Steps", elem_id="steps")
                             seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
-                            scale = gr.Number(value=forms.method_config("sds").guidance.guidance_scale,
-                                              label="Guidance scale", elem_id="scale")
+                            scale = gr.Number(value=sds_defaults.guidance.guidance_scale, label="Guidance scale",
+                                              elem_id="scale")
                         with gr.Accordion("Advanced config (YAML)", open=False, elem_id="advanced"):
                             editor = gr.Code(value=forms.EDITOR_HELP, language="yaml", elem_id="config-editor")
                             check_btn = gr.Button("Check config", elem_id="check-btn", size="sm")
@@ -272,9 +272,10 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
                         source_prompt = gr.Textbox(label="Source prompt (default: the run's prompt)",
                                                    elem_id="edit-source-prompt")
                         with gr.Row():
-                            edit_steps = gr.Number(value=forms.edit_defaults()[0], precision=0, label="Steps", elem_id="edit-steps")
-                            edit_scale = gr.Number(value=forms.edit_defaults()[1], label="Guidance scale",
-                                                   elem_id="edit-scale")
+                            default_steps, default_scale = forms.edit_defaults()
+                            edit_steps = gr.Number(value=default_steps, precision=0, label="Steps",
+                                                   elem_id="edit-steps")
+                            edit_scale = gr.Number(value=default_scale, label="Guidance scale", elem_id="edit-scale")
                         with gr.Accordion("Advanced config (YAML)", open=False, elem_id="edit-advanced"):
                             edit_editor = gr.Code(value=forms.EDIT_EDITOR_HELP, language="yaml",
                                                   elem_id="edit-config-editor")
