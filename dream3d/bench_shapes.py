@@ -147,15 +147,31 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
 
 
 def format_table(rows: list[dict]) -> str:
-    """Mean iou / silhouette_iou / chamfer / seconds per (method, stage) and per (method, stage, shape)."""
-    lines = [f"{'method':6s} {'stage':5s} {'shape':9s} {'iou':>6s} {'sil':>6s} {'chamfer':>8s} {'sec':>6s}"]
+    """Mean iou / silhouette_iou / chamfer / seconds per (method, stage) and per (method, stage, shape); with both
+    stages, the mean gain of the mesh stage over the NeRF it started from, per shape, over paired runs."""
+    lines = [f"{'method':6s} {'stage':5s} {'shape':9s} {'iou':>6s} {'sil':>7s} {'chamfer':>8s} {'sec':>6s}"]
     groups = dict.fromkeys((r["method"], r.get("stage", "nerf")) for r in rows)
     for method, stage in groups:
         mr = [r for r in rows if r["method"] == method and r.get("stage", "nerf") == stage]
-        for shape in [*SHAPES, "MEAN"]:
-            sr = mr if shape == "MEAN" else [r for r in mr if parse_prompt(r["prompt"]).shape == shape]
-            if sr:
-                lines.append(f"{method:6s} {stage:5s} {shape:9s} {np.mean([r['iou'] for r in sr]):6.3f} "
-                             f"{np.mean([r['silhouette_iou'] for r in sr]):6.3f} "
-                             f"{np.mean([r['chamfer'] for r in sr]):8.4f} {np.mean([r['seconds'] for r in sr]):6.0f}")
+        for shape, sr in _by_shape(mr):
+            lines.append(f"{method:6s} {stage:5s} {shape:9s} {np.mean([r['iou'] for r in sr]):6.3f} "
+                         f"{np.mean([r['silhouette_iou'] for r in sr]):7.4f} "
+                         f"{np.mean([r['chamfer'] for r in sr]):8.4f} {np.mean([r['seconds'] for r in sr]):6.0f}")
+    nerf = {(r["method"], r["prompt"], r["seed"], r.get("steps")): r for r in rows if r.get("stage", "nerf") == "nerf"}
+    pairs = [(r, nerf[key]) for r in rows if r.get("stage") == "mesh"
+             and (key := (r["method"], r["prompt"], r["seed"], r.get("steps"))) in nerf]
+    if pairs:
+        lines.append(f"{'method':6s} mesh-nerf {'shape':9s} {'d_iou':>6s} {'d_sil':>7s} {'runs':>4s}")
+        for method in dict.fromkeys(m["method"] for m, _ in pairs):
+            mp = [(m, n) for m, n in pairs if m["method"] == method]
+            for shape, sp in _by_shape(mp, key=lambda p: p[0]):
+                d_iou = np.mean([m["iou"] - n["iou"] for m, n in sp])
+                d_sil = np.mean([m["silhouette_iou"] - n["silhouette_iou"] for m, n in sp])
+                lines.append(f"{method:6s} {'':9s} {shape:9s} {d_iou:+6.3f} {d_sil:+7.4f} {len(sp):4d}")
     return "\n".join(lines)
+
+
+def _by_shape(items: list, key=lambda r: r) -> list[tuple[str, list]]:
+    """(shape, items of that shape) for each shape present, then ("MEAN", all items)."""
+    groups = [(shape, [it for it in items if parse_prompt(key(it)["prompt"]).shape == shape]) for shape in SHAPES]
+    return [(shape, its) for shape, its in groups if its] + [("MEAN", list(items))]

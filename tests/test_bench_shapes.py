@@ -29,6 +29,26 @@ def test_default_prompts_and_table():
     assert "cube" in table and "MEAN" in table and "0.800" in table
 
 
+def test_table_reports_the_mesh_stage_gain_over_its_own_nerf_run():
+    def row(stage, prompt, seed, iou, sil):
+        return {"method": "sds", "stage": stage, "prompt": prompt, "seed": seed, "iou": iou,
+                "silhouette_iou": sil, "chamfer": 0.02, "seconds": 1.0}
+
+    rows = [row("nerf", "a red cone", 0, 0.80, 0.90), row("mesh", "a red cone", 0, 0.85, 0.89),
+            row("nerf", "a blue cone", 1, 0.70, 0.80), row("mesh", "a blue cone", 1, 0.72, 0.84),
+            row("nerf", "a red cube", 0, 0.60, 0.70)]  # no mesh run: not paired
+    gains = table_lines_after(format_table(rows), "mesh-nerf")
+    # cone: d_iou = mean(0.05, 0.02), d_sil = mean(-0.01, 0.04); the cube has no pair
+    assert gains[0].split()[1:] == ["cone", "+0.035", "+0.0150", "2"]
+    assert gains[1].split()[1:] == ["MEAN", "+0.035", "+0.0150", "2"] and len(gains) == 2
+
+
+def table_lines_after(table: str, header_word: str) -> list[str]:
+    lines = table.splitlines()
+    start = next(i for i, ln in enumerate(lines) if header_word in ln)
+    return lines[start + 1:]
+
+
 def test_surface_samples_lie_on_every_surface():
     import torch
 
