@@ -129,7 +129,8 @@ class MeshConfig:
     sdf_lr: float = 0.0005  # world units per Adam step (the sdf is a signed distance)
     deform_lr: float = 0.001
     albedo_fit_steps: int = 300  # fitting the albedo field to the NeRF's before the mesh stage starts
-    carve_views: int = 48  # NeRF silhouettes that carve (and calibrate) the initial surface; 0: level set only
+    carve_views: int = 96  # NeRF silhouettes that carve (and calibrate) the initial surface; 0: level set only
+    carve_resolution: int = 128  # side in pixels of those silhouettes
     sdf_regularizer: float = 0.0  # nvdiffrec's sign cross-entropy on crossed grid edges
     normal_consistency: float = 0.0  # 1 - cos between neighbouring face normals
     sdf_anchor: float = 0.1  # pull of the sdf towards its start near the surface (DMTetGeometry.anchor_penalty)

@@ -107,7 +107,8 @@ class Trainer:
         from dream3d.geometry.nerf_to_dmtet import init_from_run
 
         m = self.cfg.mesh
-        stats = init_from_run(self.renderer, self.cfg.init_from, m.albedo_fit_steps, m.carve_views, self.cfg.seed)
+        stats = init_from_run(self.renderer, self.cfg.init_from, m.albedo_fit_steps, m.carve_views,
+                              m.carve_resolution, self.cfg.seed)
         write_json_atomic(self.run_dir / "init.json", stats)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:

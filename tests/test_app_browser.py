@@ -82,11 +82,17 @@ def test_generate_view_download_screenshot(app, page, tmp_path):
     # progress while running: step count with ETA and a progress bar short of its end
     expect(status).to_contain_text(re.compile(r"step \d+/120 · .* ETA \d+:\d\d"),
                                   timeout=240_000)  # the first run may build the C++ hash-grid kernel
-    bar = status.locator("progress")
-    assert bar.get_attribute("max") == "120" and int(bar.get_attribute("value")) < 120
-    # a preview image (4 views) arrives before the end (timer previews every second)
+    # text and bar read from one snapshot of the status (it is replaced every second while running)
+    text, bar_max, bar_value = status.evaluate(
+        "el => [el.innerText, el.querySelector('progress')?.getAttribute('max'),"
+        " el.querySelector('progress')?.getAttribute('value')]")
+    if "ETA" in text:  # still running at that snapshot (not yet the final "done" status)
+        assert bar_max == "120" and int(bar_value) < 120, (text, bar_max, bar_value)
+    # a preview image (4 views) arrives (timer previews every second); wait until it has loaded
     preview = page.locator("#gen-preview img")
     expect(preview).to_be_visible(timeout=60_000)
+    page.wait_for_function("() => { const i = document.querySelector('#gen-preview img');"
+                           " return i && i.complete && i.naturalWidth > 0; }", timeout=60_000)
     width = preview.evaluate("img => img.naturalWidth")
     assert width == 4 * 64  # previews are 4 views of 64 px side by side
     expect(status).to_contain_text("done: 120/120 steps", timeout=120_000)

@@ -25,7 +25,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 NERF_SMALL = ["geometry.n_levels=4", "geometry.log2_hashmap_size=12", "geometry.mlp_width=16", "render.height=16",
               "render.width=16", "render.batch_size=2", "render.samples_per_ray=24", "preview_every=100",
               "device=cpu"]
-MESH_SMALL = ["mesh.tet_resolution=24", "mesh.albedo_fit_steps=10", "render.height=24", "render.width=24",
+MESH_SMALL = ["mesh.tet_resolution=24", "mesh.albedo_fit_steps=10", "mesh.carve_views=16", "mesh.carve_resolution=32", "render.height=24", "render.width=24",
               "render.batch_size=2", "export.texture_size=64", "export.turntable=false"]
 
 

@@ -97,3 +97,13 @@ def test_carved_conversion_matches_the_rendered_silhouettes(shape, min_iou):
     assert volume_iou(occ, occupancy(shape, 64)) >= min_iou
     if shape == "torus":
         assert not occ[32, 32, 32]  # the hole stays open
+
+
+@pytest.mark.parametrize("views,size", [(-1, 64), (8, 8)])
+def test_bad_carving_settings_are_config_errors(views, size):
+    from dream3d.errors import ConfigError
+
+    renderer = VolumeRenderer(SDFDensityField("sphere", sharpness=0.01, density_max=100.0), num_samples_per_ray=32)
+    geo = DMTetGeometry(resolution=16, n_levels=4, log2_hashmap_size=12, encoding_backend="torch")
+    with pytest.raises(ConfigError, match="carve"):
+        sdf_from_nerf(geo, renderer, carve_views=views, image_size=size, level_resolution=32)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dream3d.errors import Dream3DError
+from dream3d.errors import ConfigError, Dream3DError
 from dream3d.export.fields import DEFAULT_CHUNK, geometry_device, query
 from dream3d.geometry.dmtet import DMTetGeometry
 from dream3d.geometry.mesh_ops import face_normals, vertex_normals
@@ -111,7 +111,7 @@ def sdf_from_density(dmtet: DMTetGeometry, geometry, level: float | None = None,
 
 
 @torch.no_grad()
-def sdf_from_nerf(dmtet: DMTetGeometry, renderer, carve_views: int = 48, image_size: int = 64,
+def sdf_from_nerf(dmtet: DMTetGeometry, renderer, carve_views: int = 96, image_size: int = 128,
                   level_resolution: int = 192, dilation: int = 2, seed: int = 0, chunk: int = DEFAULT_CHUNK) -> dict:
     """Set dmtet.sdf from a NeRF renderer: its level set {σ > τ}, carved by the visual hull of its rendered
     silhouettes, as a smoothed signed distance, then offset to match those silhouettes (see module doc).
@@ -126,6 +126,9 @@ def sdf_from_nerf(dmtet: DMTetGeometry, renderer, carve_views: int = 48, image_s
     from dream3d.cameras import sample_cameras
     from dream3d.export.surface import vertex_grid_points
 
+    if carve_views < 0 or (carve_views > 0 and not 16 <= image_size <= 1024):
+        raise ConfigError(f"mesh.carve_views must be >= 0 and mesh.carve_resolution in [16, 1024], got "
+                          f"{carve_views} and {image_size}")
     geometry = renderer.geometry
     bound = _check_bound(dmtet, geometry)
     occ, level = density_occupancy(geometry, level_resolution, None, chunk)
@@ -228,12 +231,12 @@ def fit_albedo(dmtet: DMTetGeometry, geometry, steps: int = 300, n_points: int =
     return float(err.mean())
 
 
-def init_from_nerf(dmtet: DMTetGeometry, renderer, albedo_steps: int = 300, carve_views: int = 48,
-                   seed: int = 0) -> dict:
+def init_from_nerf(dmtet: DMTetGeometry, renderer, albedo_steps: int = 300, carve_views: int = 96,
+                   carve_resolution: int = 128, seed: int = 0) -> dict:
     """sdf_from_nerf + fit_albedo on a NeRF renderer; returns {level, offset, silhouette_iou, faces,
     albedo_error, seconds}."""
     t0 = time.time()
-    stats = sdf_from_nerf(dmtet, renderer, carve_views, seed=seed)
+    stats = sdf_from_nerf(dmtet, renderer, carve_views, carve_resolution, seed=seed)
     with torch.no_grad():
         dmtet.sdf_anchor.copy_(dmtet.sdf)
     err = fit_albedo(dmtet, renderer.geometry, steps=albedo_steps, seed=seed) if albedo_steps > 0 else float("nan")
@@ -246,7 +249,8 @@ def init_from_nerf(dmtet: DMTetGeometry, renderer, albedo_steps: int = 300, carv
     return stats
 
 
-def init_from_run(renderer, run_dir, albedo_steps: int = 300, carve_views: int = 48, seed: int = 0) -> dict:
+def init_from_run(renderer, run_dir, albedo_steps: int = 300, carve_views: int = 96, carve_resolution: int = 128,
+                  seed: int = 0) -> dict:
     """Initialise a MeshRenderer's DMTet geometry (and its background, when of the same kind) from a finished
     NeRF run folder; returns the `init_from_nerf` stats plus the source run."""
     from dream3d.export_run import load_run_renderer
@@ -254,7 +258,7 @@ def init_from_run(renderer, run_dir, albedo_steps: int = 300, carve_views: int =
     src_cfg, src = load_run_renderer(run_dir, str(renderer.device))
     if src_cfg.stage != "nerf":
         raise Dream3DError(f"{run_dir} is a {src_cfg.stage} run; the mesh stage starts from a NeRF run")
-    stats = init_from_nerf(renderer.geometry, src.eval(), albedo_steps, carve_views, seed=seed)
+    stats = init_from_nerf(renderer.geometry, src.eval(), albedo_steps, carve_views, carve_resolution, seed=seed)
     if type(src.background) is type(renderer.background):
         renderer.background.load_state_dict(src.background.state_dict())
     return {**stats, "source": str(run_dir)}
