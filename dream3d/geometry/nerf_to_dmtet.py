@@ -1,11 +1,12 @@
-"""Initialise a DMTet geometry from a NeRF: sdf from the density, albedo field fitted to the rendered albedo.
+"""Initialise a DMTet geometry from a NeRF: sdf from the NeRF's solid, albedo field fitted to the rendered albedo.
 
-    sdf(v) = log(τ + ε) − log(σ(v) + ε),   ε = 0.05·τ   (negative inside, where σ > τ)
-
-τ is the export's automatic iso level (`dream3d.export.level.select_level`: the density whose occupancy
-silhouettes match the rendered opacity), so the DMTet surface starts where `dream3d export` would put the NeRF's
-surface. Densities change roughly exponentially across a NeRF's surface, so the log places the linear
-zero-crossings of marching tetrahedra close to the true level set (as the exporter's marching cubes on log σ).
+The solid is the NeRF's level set {σ > τ} (τ: the export's automatic iso level, `dream3d.export.level`) on a fine
+grid, grown by a few voxels and cut by the visual hull of the NeRF's rendered silhouettes: the hull gives the
+outline the NeRF shows (a level set of a noisy density is rough and falls short of it), the level set keeps the
+concavities no silhouette shows (the torus hole). Its signed distance (Euclidean distance transforms, world units,
+lightly smoothed) is sampled at the tet vertices and shifted outwards by the fraction of a cell whose rasterized
+silhouettes best match the NeRF's (the hull and the smoothing sit slightly inside them). `sdf_from_density` is
+the level set alone (no renderer needed).
 
 The albedo field is fitted by Adam to the albedo the NeRF renders at the surface (`dream3d.export.bake.
 rendered_albedo`: composited along the normal), at points jittered up to one cell along the normal so that it
@@ -22,12 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from dream3d.errors import ConfigError, Dream3DError
-from dream3d.export.fields import DEFAULT_CHUNK, geometry_device, query
+from dream3d.export.fields import DEFAULT_CHUNK, geometry_device
 from dream3d.geometry.dmtet import DMTetGeometry
 from dream3d.geometry.mesh_ops import face_normals, vertex_normals
 
 log = logging.getLogger("dream3d")
-LOG_EPS = 0.05
 
 
 def density_occupancy(geometry, resolution: int = 128, level: float | None = None,
