@@ -157,9 +157,11 @@ def format_table(rows: list[dict]) -> str:
             lines.append(f"{method:6s} {stage:5s} {shape:9s} {np.mean([r['iou'] for r in sr]):6.3f} "
                          f"{np.mean([r['silhouette_iou'] for r in sr]):7.4f} "
                          f"{np.mean([r['chamfer'] for r in sr]):8.4f} {np.mean([r['seconds'] for r in sr]):6.0f}")
-    nerf = {(r["method"], r["prompt"], r["seed"], r.get("steps")): r for r in rows if r.get("stage", "nerf") == "nerf"}
-    pairs = [(r, nerf[key]) for r in rows if r.get("stage") == "mesh"
-             and (key := (r["method"], r["prompt"], r["seed"], r.get("steps"))) in nerf]
+    def run_key(r: dict) -> tuple:
+        return r["method"], r["prompt"], r["seed"], r.get("steps")
+
+    nerf = {run_key(r): r for r in rows if r.get("stage", "nerf") == "nerf"}
+    pairs = [(r, nerf[run_key(r)]) for r in rows if r.get("stage") == "mesh" and run_key(r) in nerf]
     if pairs:
         lines.append(f"{'method':6s} mesh-nerf {'shape':9s} {'d_iou':>6s} {'d_sil':>7s} {'runs':>4s}")
         for method in dict.fromkeys(m["method"] for m, _ in pairs):
