@@ -41,12 +41,12 @@ def color_accuracy(renderer, color: str, size: int = 64) -> float:
     cams = make_cameras(torch.tensor([0.0] * 8 + [40.0] * 8), torch.arange(16) % 8 * 45.0)
     out = renderer.render_chunked(cams, size, size, shading="lambertian", with_normal=False,
                                   bg_color=torch.ones(3))
-    names = classify_color(out["rgb"].clamp(0, 1))
+    names = classify_color(out.rgb.clamp(0, 1))
     return sum(n == color for n in names) / len(names)
 
 
 def main() -> None:
-    from dream3d.export_run import load_run_renderer
+    from dream3d.run_folder import RunFolder
     from dream3d.shapes.metrics import volume_iou
     from dream3d.shapes.primitives import occupancy
     from dream3d.shapes.prompts import parse_prompt
@@ -57,8 +57,8 @@ def main() -> None:
     ap.add_argument("--grid", type=int, default=128)
     ap.add_argument("--json")
     a = ap.parse_args()
-    src_cfg, src = load_run_renderer(Path(a.source_run), "cpu")
-    edit_cfg, edit = load_run_renderer(Path(a.edited_run), "cpu")
+    src_cfg, src = RunFolder(Path(a.source_run)).load_renderer("cpu")
+    edit_cfg, edit = RunFolder(Path(a.edited_run)).load_renderer("cpu")
     src_p, edit_p = parse_prompt(src_cfg.prompt), parse_prompt(edit_cfg.prompt)
     occ_src, occ_edit = export_occupancy(src, a.grid), export_occupancy(edit, a.grid)
     truth = occupancy(src_p.shape, a.grid, src.geometry.bound)

@@ -25,7 +25,8 @@ def main() -> None:
     from test_export import parity_occupancy  # the independent inside/outside voxelizer of the export tests
 
     from dream3d.cameras import camera_rays, orbit_cameras
-    from dream3d.export_run import export_run, load_run_renderer
+    from dream3d.pipeline import export_run
+    from dream3d.run_folder import RunFolder
     from dream3d.shapes.metrics import volume_iou
     from dream3d.shapes.primitives import grid_points, occupancy
     from dream3d.shapes.prompts import parse_prompt
@@ -37,7 +38,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     a = ap.parse_args()
     run = Path(a.run_dir)
-    cfg, renderer = load_run_renderer(run)
+    cfg, renderer = RunFolder(run).load_renderer()
     shape = parse_prompt(cfg.prompt).shape
     t0 = time.time()
     result = export_run(run, turntable=False)
@@ -69,12 +70,12 @@ def main() -> None:
     colors = trimesh.visual.color.uv_to_color(uv, glb.visual.material.baseColorTexture)[:, :3] / 255.0
     mesh_rgb = np.ones((o.shape[0], 3))
     mesh_rgb[ray] = colors
-    nerf_rgb = nerf["rgb"].permute(0, 2, 3, 1).reshape(-1, 3).numpy()
+    nerf_rgb = nerf.rgb.permute(0, 2, 3, 1).reshape(-1, 3).numpy()
     hit = np.zeros(o.shape[0], bool)
     hit[ray] = True
-    fg = hit & (nerf["opacity"].reshape(-1).numpy() > 0.5)
+    fg = hit & (nerf.opacity.reshape(-1).numpy() > 0.5)
     stats["albedo_mean_abs_error"] = float(np.abs(mesh_rgb[fg] - nerf_rgb[fg]).mean())
-    stats["silhouette_iou_mesh_vs_nerf"] = float(fg.sum() / (hit | (nerf["opacity"].reshape(-1).numpy() > 0.5)).sum())
+    stats["silhouette_iou_mesh_vs_nerf"] = float(fg.sum() / (hit | (nerf.opacity.reshape(-1).numpy() > 0.5)).sum())
     print(json.dumps(stats, indent=1))
 
 

@@ -32,7 +32,7 @@ def main() -> None:
     from dream3d.bench_shapes import score_geometry
     from dream3d.cameras import make_cameras
     from dream3d.export.surface import extract_surface
-    from dream3d.export_run import load_run_renderer
+    from dream3d.run_folder import RunFolder
     from dream3d.shapes.prompts import parse_prompt
     from dream3d.shapes.render import render_shapes
 
@@ -42,8 +42,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", type=int, default=160)
     a = ap.parse_args()
-    cfg, nerf = load_run_renderer(a.nerf_run, "cpu")
-    _, mesh = load_run_renderer(a.mesh_run, "cpu")
+    cfg, nerf = RunFolder(a.nerf_run).load_renderer("cpu")
+    _, mesh = RunFolder(a.mesh_run).load_renderer("cpu")
     shape = parse_prompt(cfg.prompt).shape
     cams = make_cameras([30.0, 30.0, 15.0], [35.0, 150.0, -100.0])
     rows = []
@@ -51,7 +51,7 @@ def main() -> None:
         gt, _ = render_shapes([shape] * 3, torch.ones(3, 3), cams, a.size)  # white Lambertian = textureless
         rows.append(gt)
         for r in (nerf, mesh):
-            rows.append(r.render_chunked(cams, a.size, a.size, shading="textureless")["rgb"])
+            rows.append(r.render_chunked(cams, a.size, a.size, shading="textureless").rgb)
     grid = torch.cat([torch.cat(list(row), -1) for row in rows], -2).clamp(0, 1)
     Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(a.out)
     report = {}

@@ -51,7 +51,7 @@ def score_geometry(renderer, shape: str, grid_resolution: int = 128, export_reso
     device = geometry_device(geometry)
     if hasattr(geometry, "extract_mesh"):  # mesh stage: the DMTet mesh is the surface
         from dream3d.geometry.mesh_ops import mesh_occupancy
-        from dream3d.geometry.nerf_to_dmtet import surface_samples
+        from dream3d.stages.nerf_to_dmtet import surface_samples
 
         mesh = geometry.extract_mesh()
         occ = mesh_occupancy(mesh.vertices, mesh.faces, grid_resolution, geometry.bound)
@@ -70,7 +70,7 @@ def score_geometry(renderer, shape: str, grid_resolution: int = 128, export_reso
         a = renderer.rasterizer.rasterize(mesh.vertices, mesh.faces, cams.to(device), 64, 64).face_id.cpu() >= 0
     else:
         out = renderer.render_chunked(cams.to(device), 64, 64, shading="albedo", with_normal=False)
-        a = out["opacity"][:, 0].cpu() > 0.5
+        a = out.opacity[:, 0].cpu() > 0.5
     _, truth = render_shapes([shape] * 16, ["red"] * 16, cams, 64)
     b = truth[:, 0] > 0.5
     sil = ((a & b).flatten(1).sum(1) / (a | b).flatten(1).sum(1).clamp_min(1)).mean().item()
@@ -87,7 +87,8 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
     With `json_path`, rows already in that file (same method, stage, prompt, seed and steps) are kept and not rerun,
     so an interrupted benchmark continues where it stopped.
     """
-    from dream3d.refine import mesh_stage_config
+    from dream3d.pipeline import mesh_stage_config
+    from dream3d.run_folder import RunFolder
     from dream3d.trainer import Trainer
 
     unknown = [st for st in stages if st not in STAGES]
@@ -128,7 +129,7 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
                 if "mesh" in stages:
                     t0 = time.time()
                     mesh_cfg = mesh_stage_config(run_dir, overrides=["export.enabled=false"])
-                    mesh_trainer = Trainer(mesh_cfg, run_dir.with_name(run_dir.name + "-mesh"), prior=prior)
+                    mesh_trainer = Trainer(mesh_cfg, RunFolder(run_dir).mesh_stage, prior=prior)
                     mesh_trainer.train(handle_signals=False)
                     runs.append(("mesh", mesh_trainer, time.time() - t0))
                 for stage, tr, seconds in runs:

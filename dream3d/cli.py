@@ -8,90 +8,47 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dream3d.errors import Dream3DError
+from dream3d.console import progress_bar, quiet_libraries, split_words
+from dream3d.errors import DivergedError, Dream3DError
+
+if TYPE_CHECKING:
+    from dream3d.config import RunConfig
+    from dream3d.run_folder import RunFolder
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130
 
 
-def _quiet_libraries() -> None:
-    """Keep diffusers/transformers load chatter (progress bars, advisory warnings) off the terminal."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    import warnings
-    warnings.filterwarnings("ignore", message=".*low_cpu_mem_usage.*")
-    try:
-        import transformers
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-        import diffusers
-        diffusers.utils.logging.disable_progress_bar()
-        diffusers.utils.logging.set_verbosity_error()
-    except Exception:  # noqa: BLE001 - only cosmetics
-        pass
+def run_and_export(cfg: RunConfig, run: RunFolder, label: str = "generate") -> int:
+    """Run the generation with a progress bar (both stages of a two-stage recipe), export the last stage when it
+    finished, print its run folder last; the exit status."""
+    from dream3d.pipeline import run_generation
 
-
-def _progress_events(total_label: str = "generate"):
-    """An event callback drawing a tqdm bar on stderr from trainer events."""
-    from tqdm import tqdm
-
-    state = {"bar": None}
-
-    def on_event(e: dict) -> None:
-        if e["type"] == "start":
-            label = "refine" if e.get("stage") == "mesh" else total_label
-            state["bar"] = tqdm(total=e["steps"], initial=e["step"], desc=label, file=sys.stderr,
-                                dynamic_ncols=True, disable=None)
-        elif e["type"] == "step" and state["bar"] is not None:
-            state["bar"].update(1)
-            state["bar"].set_postfix(loss=f"{e.get('loss', float('nan')):.3g}", t=int(e.get("t", 0)))
-        elif e["type"] in ("done", "stopped") and state["bar"] is not None:
-            state["bar"].close()
-
-    return on_event
-
-
-# --- commands --------------------------------------------------------------------------------------------------
-_OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
-
-
-def split_words(words: list[str]) -> tuple[list[str], list[str]]:
-    """(free text words, key=value overrides) of a positional word list."""
-    over = [w for w in words if _OVERRIDE.match(w)]
-    return [w for w in words if not _OVERRIDE.match(w)], over
-
-
-def run_and_export(cfg, run_dir: Path, label: str = "generate", prior=None) -> int:
-    """Train (or resume) the run with a progress bar (both stages of a two-stage recipe, see
-    `trainer.train_stages`), export the last stage when done, print its run folder last."""
-    from dream3d.trainer import train_stages
-
-    state, trainer = train_stages(cfg, run_dir, prior=prior, events=_progress_events(label))
-    if state == "done" and trainer.cfg.export.enabled:
-        from dream3d.export_run import export_run
-        export_run(trainer.run_dir, trainer=trainer, log=lambda m: print(m, file=sys.stderr))
-    print(trainer.run_dir)
-    return 0 if state == "done" else EXIT_INTERRUPTED
+    result = run_generation(cfg, run, events=progress_bar(label), log=lambda m: print(m, file=sys.stderr))
+    print(result.run.path)
+    if result.state != "done":
+        print(f"dream3d: stopped at step {result.trainer.step}/{result.trainer.cfg.steps}; continue with: "
+              f"dream3d generate --resume {result.run.path}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from dream3d.config import load_config
-    from dream3d.trainer import default_run_dir, resume_config
+    from dream3d.run_folder import RunFolder, default_run_dir
 
     texts, a.overrides = split_words(a.words)
     if len(texts) > 1:
         raise Dream3DError(f"give one prompt in quotes, e.g. dream3d generate \"a red cube\"; got {len(texts)} words")
     a.prompt = texts[0] if texts else None
     if a.resume:
-        run_dir = Path(a.resume)
-        cfg = resume_config(run_dir)
+        run = RunFolder(a.resume)
+        cfg = run.read_config()
         if a.steps is not None:
             cfg.steps = a.steps
     else:
@@ -105,31 +62,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
         cfg.prompt = a.prompt  # data, never parsed as YAML or interpolated
         if not cfg.prompt.strip():
             raise Dream3DError("the prompt is empty; try for example 'a red cube'")
-        run_dir = Path(a.out) if a.out else default_run_dir(cfg)
-    return run_and_export(cfg, run_dir)
-
-
-def edit_config(source: str | Path, prompt: str, source_prompt: str | None = None, config: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = ()):
-    """The RunConfig of a DDS edit of the finished run `source` towards `prompt` (CLI `edit` and the app)."""
-    from dream3d.config import load_config
-    from dream3d.trainer import resume_config
-
-    source = Path(source)
-    src_cfg = resume_config(source)
-    if not prompt or not prompt.strip():
-        raise Dream3DError("give the target prompt, e.g. dream3d edit RUN_DIR --prompt \"a blue cube\"")
-    edit_yaml = Path(__file__).resolve().parents[1] / "configs" / "dds-edit.yaml"
-    cfg = load_config(config or (edit_yaml if edit_yaml.is_file() else None), overrides, base=src_cfg)
-    cfg.guidance.method = "dds"
-    cfg.prompt, cfg.name = prompt, ""
-    cfg.guidance.source_prompt = source_prompt or src_cfg.prompt
-    cfg.edit_source = str(source.resolve())
-    return cfg
+        run = RunFolder(a.out) if a.out else default_run_dir(cfg)
+    return run_and_export(cfg, run)
 
 
 def cmd_edit(a: argparse.Namespace) -> int:
-    from dream3d.trainer import default_run_dir
+    from dream3d.pipeline import edit_config
+    from dream3d.run_folder import RunFolder, default_run_dir
 
     texts, overrides = split_words(a.words)
     if texts:
@@ -137,27 +76,29 @@ def cmd_edit(a: argparse.Namespace) -> int:
     if a.steps is not None:
         overrides.append(f"steps={a.steps}")
     cfg = edit_config(a.run_dir, a.prompt, a.source_prompt, a.config, overrides)
-    run_dir = Path(a.out) if a.out else default_run_dir(cfg)
-    return run_and_export(cfg, run_dir, "edit")
+    return run_and_export(cfg, RunFolder(a.out) if a.out else default_run_dir(cfg), "edit")
 
 
 def cmd_refine(a: argparse.Namespace) -> int:
-    from dream3d.refine import mesh_run_dir, mesh_stage_config
+    from dream3d.pipeline import mesh_stage_config
+    from dream3d.run_folder import RunFolder
 
     texts, overrides = split_words(a.words)
     if texts:
         raise Dream3DError(f"unexpected argument {texts[0]!r}; overrides look like key=value")
     cfg = mesh_stage_config(a.run_dir, a.config, overrides, a.steps)
-    return run_and_export(cfg, Path(a.out) if a.out else mesh_run_dir(a.run_dir), "refine")
+    return run_and_export(cfg, RunFolder(a.out) if a.out else RunFolder(a.run_dir).mesh_stage, "refine")
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from dream3d.export_run import export_run
+    from dream3d.pipeline import export_run
+    from dream3d.run_folder import RunFolder
 
+    run = RunFolder(a.run_dir)
     formats = [f.strip() for f in a.format.split(",") if f.strip()]
-    export_run(Path(a.run_dir), formats=formats, resolution=a.resolution, texture_size=a.texture,
+    export_run(run, formats=formats, resolution=a.resolution, texture_size=a.texture,
                turntable=not a.no_turntable, log=lambda m: print(m, file=sys.stderr))
-    print(Path(a.run_dir) / "export")
+    print(run.export)
     return 0
 
 
@@ -345,9 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         a.words = list(a.words) + extra
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    _quiet_libraries()
+    quiet_libraries()
     try:
         return a.func(a)
+    except DivergedError as e:
+        print(f"dream3d: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
     except Dream3DError as e:
         print(f"dream3d: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -19,3 +19,8 @@ class PromptError(Dream3DError):
 
 class ModelLoadError(Dream3DError):
     """A prior / model that cannot be found or loaded."""
+
+
+class DivergedError(Dream3DError):
+    """The optimisation diverged (NaN/inf loss): not a user mistake, but reported in one line all the same, with
+    what to try; the run's last checkpoint is kept. The CLI exits with its own status (`cli.EXIT_DIVERGED`)."""

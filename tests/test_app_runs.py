@@ -129,7 +129,7 @@ def test_real_run_stops_within_seconds_and_keeps_checkpoint_and_export(tmp_path)
 
 
 def test_real_run_user_mistake_is_captured_and_leaves_no_folder(tmp_path):
-    m = RunManager()
+    m = RunManager(run_job)
     run = reserve_run_dir(tmp_path / "dog")
     job = m.submit("generate", forms.generate_config("a purple dog", "sds", "", 5, 0, None, TINY_YAML), run)
     assert job.done_event.wait(120)

@@ -13,7 +13,7 @@ import trimesh
 from dream3d.cameras import camera_rays, make_cameras
 from dream3d.geometry.analytic import SDFDensityField
 from dream3d.geometry.dmtet import DMTetGeometry
-from dream3d.geometry.nerf_to_dmtet import fit_albedo, sdf_from_density
+from dream3d.stages.nerf_to_dmtet import fit_albedo, sdf_from_density
 from dream3d.render.mesh import MeshRenderer
 from dream3d.shapes.metrics import silhouette_iou
 from dream3d.shapes.primitives import sdf
@@ -50,19 +50,19 @@ def test_mesh_renderer_matches_the_shapes_world(shape):
         assert torch.allclose(out[k], chunked[k], atol=1e-5)
     rgb, mask = render_shapes([shape] * 3, ["red"] * 3, cams, 48)
     # the level set is voxelised on a 128^3 grid (±½ step); the exact sdf of the cube scores 0.97 here
-    assert silhouette_iou(out["opacity"][:, 0] > 0.5, mask[:, 0] > 0.5).min() > 0.93
-    inner = (out["opacity"][:, 0] > 0.999) & (mask[:, 0] > 0.999)
-    assert (out["rgb"] - rgb).abs().amax(1)[inner].mean() < 0.04
-    assert (out["rgb"] - rgb).abs().mean() < 0.02
+    assert silhouette_iou(out.opacity[:, 0] > 0.5, mask[:, 0] > 0.5).min() > 0.93
+    inner = (out.opacity[:, 0] > 0.999) & (mask[:, 0] > 0.999)
+    assert (out.rgb - rgb).abs().amax(1)[inner].mean() < 0.04
+    assert (out.rgb - rgb).abs().mean() < 0.02
     # depth / opacity is the distance to the surface; normals face the camera
     if shape == "sphere":
         o, d = camera_rays(cams, 48, 48)
         b = (o * d).sum(-1)
         r = SPHERE_RADIUS
         t = -b - (b ** 2 - (o * o).sum(-1) + r * r).clamp_min(0).sqrt()  # ray-sphere hit distance
-        err = (out["depth"][:, 0] / out["opacity"][:, 0].clamp_min(1e-6) - t)[inner].abs()
+        err = (out.depth[:, 0] / out.opacity[:, 0].clamp_min(1e-6) - t)[inner].abs()
         assert err.mean() < 0.01 and err.quantile(0.9) < 0.02  # grazing rays amplify the facets' offsets
-    n = out["normal"].permute(0, 2, 3, 1)[inner]
+    n = out.normal.permute(0, 2, 3, 1)[inner]
     assert (n.norm(dim=-1) - 1).abs().mean() < 1e-3  # unit (antialiasing blends a few neighbours' normals)
     if shape == "sphere":  # the analytic normal at the hit point
         hit = (o + t[..., None] * d)[inner]
@@ -109,8 +109,8 @@ def test_refine_exports_the_dmtet_mesh_itself(two_stage, tmp_path):
     r = run_cli("refine", str(run), "--steps", "2", "--out", str(out), *MESH_SMALL, "guidance.method=vsd")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == str(out)
-    from dream3d.export_run import load_run_renderer
-    cfg, renderer = load_run_renderer(out, "cpu")
+    from dream3d.run_folder import RunFolder
+    cfg, renderer = RunFolder(out).load_renderer("cpu")
     assert cfg.guidance.method == "vsd" and cfg.stage == "mesh"
     with torch.no_grad():
         mesh = renderer.geometry.extract_mesh()

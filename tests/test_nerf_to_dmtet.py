@@ -8,7 +8,7 @@ from dream3d.geometry.dmtet import DMTetGeometry
 from dream3d.geometry.mesh_ops import mesh_occupancy
 from dream3d.cameras import make_cameras
 from dream3d.export.surface import vertex_grid_points
-from dream3d.geometry.nerf_to_dmtet import (fit_albedo, sdf_from_density, sdf_from_nerf, signed_distance_grid,
+from dream3d.stages.nerf_to_dmtet import (fit_albedo, sdf_from_density, sdf_from_nerf, signed_distance_grid,
                                            surface_samples, visual_hull)
 from dream3d.render.rasterize import Rasterizer
 from dream3d.render.volume import VolumeRenderer
@@ -88,7 +88,7 @@ def test_carved_conversion_matches_the_rendered_silhouettes(shape, min_iou):
     mesh = geo.extract_mesh()
     cams = make_cameras(torch.tensor([0.0] * 4 + [40.0] * 4), torch.arange(8) * 90.0 + 20.0)
     with torch.no_grad():
-        want = renderer.render_chunked(cams, 48, 48, with_normal=False)["opacity"][:, 0] > 0.5
+        want = renderer.render_chunked(cams, 48, 48, with_normal=False).opacity[:, 0] > 0.5
     got = Rasterizer("torch").rasterize(mesh.vertices, mesh.faces, cams, 48, 48).face_id >= 0
     assert float(((got & want).flatten(1).sum(1) / (got | want).flatten(1).sum(1)).mean()) >= 0.95
     occ = mesh_occupancy(mesh.vertices, mesh.faces, 64)

@@ -194,13 +194,13 @@ def test_grid_skipping_equals_dense_sampling():
     for shading in ("albedo", "lambertian"):
         a = dense(cams, 24, 24, shading=shading)
         b = skip(cams, 24, 24, shading=shading)
-        assert b["n_samples"] < 0.5 * a["n_samples"]
+        assert b.n_samples < 0.5 * a.n_samples
         for k in ("rgb", "opacity", "depth"):
             torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)
-        assert a["opacity"].max() > 0.9
+        assert a.opacity.max() > 0.9
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     skip.train(), dense.train()
-    torch.testing.assert_close(dense(cams, 16, 16, generator=g1)["rgb"], skip(cams, 16, 16, generator=g2)["rgb"],
+    torch.testing.assert_close(dense(cams, 16, 16, generator=g1).rgb, skip(cams, 16, 16, generator=g2).rgb,
                                atol=1e-6, rtol=1e-6)
 
 
@@ -234,15 +234,15 @@ def test_early_stop_drops_hidden_samples_only():
     for r in (full, pruned):
         r.update_occupancy(0, torch.Generator().manual_seed(0))
     a, b = full(cams, 24, 24, "lambertian"), pruned(cams, 24, 24, "lambertian")
-    assert b["n_samples"] < 0.6 * a["n_samples"]  # the samples behind the front faces are gone
+    assert b.n_samples < 0.6 * a.n_samples  # the samples behind the front faces are gone
     for k in ("rgb", "opacity", "depth", "normal"):
         torch.testing.assert_close(a[k], b[k], atol=1e-4 * 4, rtol=0)  # depth: T < 1e-4 times t <= 4
     # alpha_thre is capped by the grid's mean occupancy value (nerfacc's rule): a fresh grid (occs = 0) prunes none
     fresh = VolumeRenderer(field, early_stop_eps=0.0, alpha_thre=0.5, use_occupancy=False).eval()
     dense = VolumeRenderer(field, early_stop_eps=0.0, use_occupancy=False).eval()
-    assert fresh(cams, 8, 8)["n_samples"] == dense(cams, 8, 8)["n_samples"]
+    assert fresh(cams, 8, 8).n_samples == dense(cams, 8, 8).n_samples
     fresh.update_occupancy(0)
-    assert fresh(cams, 8, 8)["n_samples"] < dense(cams, 8, 8)["n_samples"]
+    assert fresh(cams, 8, 8).n_samples < dense(cams, 8, 8).n_samples
 
 
 def test_fresh_grid_is_fully_occupied():
@@ -263,17 +263,17 @@ def test_lambertian_sphere_matches_shapes_renderer():
     ref, mask = render_shapes(["sphere"] * 3, ["red"] * 3, cams, 32)
     inner = _interior(mask).expand_as(ref)
     assert inner.sum() > 3 * 3 * 150
-    assert (out["rgb"] - ref).abs()[inner].max() < 0.03
-    assert (out["opacity"] - 1).abs()[_interior(mask)].max() < 1e-3
+    assert (out.rgb - ref).abs()[inner].max() < 0.03
+    assert (out.opacity - 1).abs()[_interior(mask)].max() < 1e-3
     # the normal map is the sphere's normal at the ray's first hit
     o, d = camera_rays(cams, 32, 32)
     b = (o * d).sum(-1)
     t_hit = -b - torch.sqrt(b * b - ((o * o).sum(-1) - 0.36)).nan_to_num(0)
     n_true = F.normalize(o + t_hit[..., None] * d, dim=-1).permute(0, 3, 1, 2)
-    cos = (F.normalize(out["normal"], dim=1) * n_true).sum(1, keepdim=True)
+    cos = (F.normalize(out.normal, dim=1) * n_true).sum(1, keepdim=True)
     assert cos[_interior(mask)].min() > 0.995
     # the orientation penalty vanishes on a closed surface seen from outside (normals face the camera)
-    assert out["orient"].max() < 1e-2 and out["orient"].mean() < 1e-4
+    assert out.orient.max() < 1e-2 and out.orient.mean() < 1e-4
 
 
 def test_textureless_is_white_lambertian():
@@ -282,11 +282,11 @@ def test_textureless_is_white_lambertian():
     red = VolumeRenderer(SDFDensityField("cube", "red", **kw), num_samples_per_ray=96).eval()
     white = VolumeRenderer(SDFDensityField("cube", (1.0, 1.0, 1.0), **kw), num_samples_per_ray=96).eval()
     t = red(cams, 16, 16, shading="textureless")
-    torch.testing.assert_close(t["rgb"], white(cams, 16, 16, shading="lambertian")["rgb"])
+    torch.testing.assert_close(t.rgb, white(cams, 16, 16, shading="lambertian").rgb)
     # front-lit faces are brighter than AMBIENT, and nothing is darker than AMBIENT over full opacity
-    solid = t["opacity"] > 0.999
-    assert t["rgb"][solid.expand_as(t["rgb"])].min() >= AMBIENT - 1e-4
-    assert t["rgb"][solid.expand_as(t["rgb"])].max() > 0.9
+    solid = t.opacity > 0.999
+    assert t.rgb[solid.expand_as(t.rgb)].min() >= AMBIENT - 1e-4
+    assert t.rgb[solid.expand_as(t.rgb)].max() > 0.9
 
 
 def test_explicit_light_direction():
@@ -328,10 +328,10 @@ def test_fresh_implicit_volume_is_a_blob_and_trains():
     assert 0.02 < r.occupancy.occupied_fraction < 0.3  # the blob, not the box
     out = r(orbit_cameras(4, elevation_deg=15.0), 24, 24, shading="lambertian",
             generator=torch.Generator().manual_seed(1))
-    op = out["opacity"][:, 0]
+    op = out.opacity[:, 0]
     assert op[:, 10:14, 10:14].min() > 0.95  # centre
     assert op[:, :3, :].max() < 0.05 and op[:, :, :3].max() < 0.05  # image borders
-    (out["rgb"].mean() + out["orient"].mean()).backward()
+    (out.rgb.mean() + out.orient.mean()).backward()
     for name, p in list(vol.named_parameters()) + [("bg", bg.logit)]:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
@@ -341,16 +341,16 @@ def test_empty_scene_shows_the_background():
     cams = orbit_cameras(2)
     empty = HardSphere(0.0, 0.5)
     white = VolumeRenderer(empty)(cams, 8, 8)
-    assert torch.equal(white["rgb"], torch.ones(2, 3, 8, 8)) and white["opacity"].abs().max() == 0
+    assert torch.equal(white.rgb, torch.ones(2, 3, 8, 8)) and white.opacity.abs().max() == 0
     solid = VolumeRenderer(empty, SolidBackground((0.1, 0.2, 0.3)))(cams, 8, 8)
-    torch.testing.assert_close(solid["rgb"], torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1).expand(2, 3, 8, 8))
+    torch.testing.assert_close(solid.rgb, torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1).expand(2, 3, 8, 8))
     mlp = MLPBackground()
     out = VolumeRenderer(empty, mlp)(cams, 8, 8)
     _, dirs = camera_rays(cams, 8, 8)
-    torch.testing.assert_close(out["rgb"], mlp(dirs).permute(0, 3, 1, 2))
+    torch.testing.assert_close(out.rgb, mlp(dirs).permute(0, 3, 1, 2))
     over = VolumeRenderer(empty, mlp)(cams, 8, 8, bg_color=torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
-    torch.testing.assert_close(over["rgb"][1], torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1).expand(3, 8, 8))
-    assert over["rgb"][0].abs().max() == 0
+    torch.testing.assert_close(over.rgb[1], torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1).expand(3, 8, 8))
+    assert over.rgb[0].abs().max() == 0
 
 
 def test_render_chunked_matches_forward_and_jitter_is_seeded():
@@ -361,13 +361,13 @@ def test_render_chunked_matches_forward_and_jitter_is_seeded():
     chunked = r.render_chunked(cams, 20, 20, shading="lambertian", chunk_rays=97)
     for k in ("rgb", "opacity", "depth", "normal"):
         torch.testing.assert_close(full[k], chunked[k], atol=1e-6, rtol=1e-5)
-    assert full["n_samples"] == chunked["n_samples"]
+    assert full.n_samples == chunked.n_samples
     r.train()
     a = r(cams, 20, 20, generator=torch.Generator().manual_seed(7))
     b = r(cams, 20, 20, generator=torch.Generator().manual_seed(7))
     c = r(cams, 20, 20, generator=torch.Generator().manual_seed(8))
-    assert torch.equal(a["rgb"], b["rgb"]) and not torch.equal(a["rgb"], c["rgb"])
-    assert (a["rgb"] - full["rgb"]).abs().mean() < 0.02  # jitter moves samples, not the picture
+    assert torch.equal(a.rgb, b.rgb) and not torch.equal(a.rgb, c.rgb)
+    assert (a.rgb - full.rgb).abs().mean() < 0.02  # jitter moves samples, not the picture
 
 
 def test_gradients_reach_field_and_background():
@@ -377,8 +377,8 @@ def test_gradients_reach_field_and_background():
     r = VolumeRenderer(field, bg, num_samples_per_ray=32)
     out = r(orbit_cameras(2), 8, 8, shading="lambertian")
     # the orientation penalty uses stop-grad weights: with parameter-free normals it has no gradient at all
-    assert out["rgb"].requires_grad and not out["orient"].requires_grad
-    out["rgb"].mean().backward()
+    assert out.rgb.requires_grad and not out.orient.requires_grad
+    out.rgb.mean().backward()
     assert field.sigma.grad is not None and field.sigma.grad.abs() > 0
     assert bg.logit.grad is not None and bg.logit.grad.abs().sum() > 0
 

@@ -113,7 +113,7 @@ def generate_config(prompt: str | None, method: str = "sds", prior: str | None =
 def edit_config_from_form(source_dir: Path, prompt: str | None, source_prompt: str | None = "", steps=None,
                           guidance_scale=None, config_text: str = "") -> RunConfig:
     """The validated RunConfig of a DDS edit of the run in `source_dir`; Dream3DError for user mistakes."""
-    from dream3d.cli import edit_config
+    from dream3d.pipeline import edit_config
 
     prompt = _check_prompt(prompt, "a blue cube")
     cfg = edit_config(source_dir, prompt, (source_prompt or "").strip() or None)

@@ -18,9 +18,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+from dream3d.config import RunConfig
 from dream3d.errors import Dream3DError
+from dream3d.events import Event
 
 log = logging.getLogger("dream3d.app")
 
@@ -40,7 +42,7 @@ class Job:
 
     id: str
     kind: str  # "generate" | "edit"
-    cfg: Any  # RunConfig
+    cfg: RunConfig
     run_dir: Path
     device: str  # "cpu" | "cuda" (resolved), the queue it waits in
     owner: str = ""  # the browser session (gradio session hash) that started it
@@ -55,39 +57,32 @@ class Job:
     started: float | None = None  # time of the first step event (for the ETA)
     start_step: int = 0
     finished: float | None = None
-    trainer: Any = None
     stop_requested: threading.Event = field(default_factory=threading.Event)
     done_event: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- worker side -------------------------------------------------------------------------------------------
-    def attach(self, trainer) -> None:
-        """Called by the worker once the Trainer exists; forwards a stop asked for while it was being built."""
-        self.trainer = trainer
-        if self.stop_requested.is_set():
-            trainer.request_stop("stopped from the app")
-
-    def on_event(self, e: dict) -> None:
-        """Trainer event callback (runs in the worker thread)."""
+    def on_event(self, e: Event) -> None:
+        """The generation's event callback (runs in the worker thread); follows the stage that runs."""
         with self._lock:
-            kind = e.get("type")
-            self.steps = int(e.get("steps", self.steps))
-            if kind == "start":
-                self.state, self.step = RUNNING, int(e["step"])
-            elif kind == "step":
-                self.step = int(e["step"])
+            self.steps = e.steps
+            if e.kind == "start":
+                self.state, self.step, self.run_dir = RUNNING, e.step, e.run_dir
+            elif e.kind == "step":
+                self.step = e.step
                 if self.started is None:
                     self.started, self.start_step = time.time(), self.step - 1
-                if "loss" in e:
-                    self.losses.append((self.step, float(e["loss"])))
-            elif kind == "preview":
-                self.preview = Path(e["path"])
+                if "loss" in e.metrics:
+                    self.losses.append((self.step, float(e.metrics["loss"])))
+            elif e.kind == "preview":
+                self.preview = e.path
+            elif e.kind == "export":
+                self.state = EXPORTING
 
     # --- UI side -----------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """Stop after the current step (the generation polls `stop_requested` at every event)."""
         self.stop_requested.set()
-        if self.trainer is not None:
-            self.trainer.request_stop("stopped from the app")
 
     @property
     def is_final(self) -> bool:
@@ -112,17 +107,14 @@ class Job:
 class RunManager:
     """Bounded FIFO queue + `runs_per_device` worker threads per device.
 
-    execute(job) does the work (default: `dream3d.app.worker.run_job`: Trainer + export); it sets job.state to a
-    final state or raises. A Dream3DError becomes job.error (one line); any other exception is logged with its
+    execute(job) does the work (the app uses `dream3d.app.worker.run_job`: the generation pipeline); it sets
+    job.state to a final state or raises. A Dream3DError becomes job.error (one line); any other exception is logged with its
     traceback on the server and shown as one line.
     """
 
-    def __init__(self, execute: Callable[[Job], None] | None = None, runs_per_device: int = 1, max_queue: int = 8):
+    def __init__(self, execute: Callable[[Job], None], runs_per_device: int = 1, max_queue: int = 8):
         if runs_per_device < 1:
             raise Dream3DError(f"runs per device must be at least 1, got {runs_per_device}")
-        if execute is None:
-            from dream3d.app.worker import run_job
-            execute = run_job
         self.execute = execute
         self.runs_per_device = runs_per_device
         self.max_queue = max_queue
@@ -134,7 +126,7 @@ class RunManager:
         self._closed = False
 
     # --- submitting --------------------------------------------------------------------------------------------
-    def submit(self, kind: str, cfg, run_dir: Path, owner: str = "", device: str | None = None) -> Job:
+    def submit(self, kind: str, cfg: RunConfig, run_dir: Path, owner: str = "", device: str | None = None) -> Job:
         """Queue a job; raises QueueFullError when `max_queue` jobs are already waiting."""
         if device is None:
             from dream3d.system import resolve_device
@@ -186,7 +178,6 @@ class RunManager:
                 job.state, job.error = FAILED, f"internal error ({type(e).__name__}: {e}); see the server log"
             finally:
                 job.finished = time.time()
-                job.trainer = None  # frees the prior and the scene
                 job.done_event.set()
                 with self._cond:
                     self._cond.notify_all()

@@ -76,7 +76,7 @@ def launch_kwargs(host: str = "127.0.0.1", port: int | None = 7860, auth: tuple[
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from dream3d.cli import _quiet_libraries
+    from dream3d.console import quiet_libraries
 
     a = build_parser().parse_args(argv)
     try:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if importlib.util.find_spec("gradio") is None:
             raise Dream3DError("the web app needs gradio: pip install -e '.[app]'")
         kwargs = launch_kwargs(a.host, a.port, auth, a.share)
-        _quiet_libraries()
+        quiet_libraries()
         demo = create(a.outputs, a.runs_per_device, a.max_queue, a.preview_seconds)
     except Dream3DError as e:
         print(f"app.py: error: {e}", file=sys.stderr)

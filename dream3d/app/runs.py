@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dream3d.errors import Dream3DError
-
-OBJ_ZIP = "model_obj.zip"
+from dream3d.run_folder import RunFolder
 
 
 @dataclass
@@ -26,17 +25,17 @@ class RunInfo:
     steps: int
     prompt: str
     method: str
-    preview: Path | None  # latest previews/step_*.png
+    preview: Path | None  # the latest preview
     glb: Path | None
-    obj_zip: Path | None  # export/model_obj.zip (OBJ + MTL + texture), made on demand
+    obj_zip: Path | None  # OBJ + MTL + texture in one zip, made on demand
     config: Path | None
-    video: Path | None  # turntable.mp4
+    video: Path | None  # the turntable MP4
     mtime: float
 
     @property
     def thumbnail(self) -> Path | None:
         """The gallery image: the turntable GIF (one view at a time) or else the latest preview strip."""
-        gif = self.path / "turntable.gif"
+        gif = RunFolder(self.path).turntable_gif
         return gif if gif.is_file() else self.preview
 
     @property
@@ -46,26 +45,19 @@ class RunInfo:
 
     @property
     def has_checkpoint(self) -> bool:
-        return (self.path / "checkpoint" / "meta.json").is_file()
+        return RunFolder(self.path).has_checkpoint()
 
 
 def _existing(path: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def latest_preview(run_dir: Path) -> Path | None:
-    """The newest previews/step_*.png (names sort by step), or None."""
-    files = sorted((run_dir / "previews").glob("step_*.png"))
-    return files[-1] if files else None
-
-
 def obj_zip(run_dir: Path) -> Path | None:
-    """export/model_obj.zip holding model.obj, its .mtl and textures (rebuilt when the OBJ is newer)."""
-    export = run_dir / "export"
-    obj = export / "model.obj"
+    """The run's OBJ zip holding model.obj, its .mtl and textures (rebuilt when the OBJ is newer)."""
+    run = RunFolder(run_dir)
+    export, obj, out = run.export, run.obj, run.obj_zip
     if not obj.is_file():
         return None
-    out = export / OBJ_ZIP
     if out.is_file() and out.stat().st_mtime >= obj.stat().st_mtime:
         return out
     parts = [obj] + sorted(export.glob("model*.mtl")) + sorted(export.glob("model*.png"))
@@ -78,10 +70,10 @@ def obj_zip(run_dir: Path) -> Path | None:
 
 
 def read_losses(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, loss) from metrics.jsonl, one per step (the last one where a resumed run repeated steps)."""
+    """(step, loss) from the run's metrics log, one per step (the last one where a resumed run repeated steps)."""
     losses: dict[int, float] = {}
     try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        lines = RunFolder(run_dir).metrics.read_text().splitlines()
     except OSError:
         return []
     for line in lines:
@@ -94,26 +86,23 @@ def read_losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def read_run(run_dir: Path) -> RunInfo:
-    """RunInfo of a run folder (status.json, previews/, export/); the OBJ zip is made if missing."""
-    try:
-        status = json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        status = {}
-    export = run_dir / "export"
-    return RunInfo(name=run_dir.name, path=run_dir, state=str(status.get("state", "unknown")),
+    """RunInfo of a run folder (its status, previews and export); the OBJ zip is made if missing."""
+    run = RunFolder(run_dir)
+    status = run.read_status()
+    return RunInfo(name=run.name, path=run.path, state=str(status.get("state", "unknown")),
                    step=int(status.get("step", 0)), steps=int(status.get("steps", 0)),
                    prompt=str(status.get("prompt", "")), method=str(status.get("method", "")),
-                   preview=latest_preview(run_dir), glb=_existing(export / "model.glb"), obj_zip=obj_zip(run_dir),
-                   config=_existing(run_dir / "config.yaml"), video=_existing(run_dir / "turntable.mp4"),
-                   mtime=(run_dir / "status.json").stat().st_mtime if (run_dir / "status.json").exists() else 0.0)
+                   preview=run.latest_preview(), glb=_existing(run.glb), obj_zip=obj_zip(run.path),
+                   config=_existing(run.config), video=_existing(run.turntable),
+                   mtime=run.status.stat().st_mtime if run.status.exists() else 0.0)
 
 
 def list_runs(root: Path) -> list[RunInfo]:
-    """Run folders directly under `root` (those with config.yaml and status.json), newest first."""
+    """Run folders directly under `root` (those with a config and a status), newest first."""
     if not root.is_dir():
         return []
     runs = [read_run(d) for d in root.iterdir()
-            if d.is_dir() and (d / "config.yaml").is_file() and (d / "status.json").is_file()]
+            if d.is_dir() and RunFolder(d).is_run() and RunFolder(d).status.is_file()]
     return sorted(runs, key=lambda r: r.mtime, reverse=True)
 
 
@@ -122,7 +111,7 @@ def resolve_run(root: Path, name: str) -> Path:
     if not name or Path(name).name != name or name in (".", ".."):
         raise Dream3DError(f"unknown run {name!r}")
     path = root / name
-    if not (path / "config.yaml").is_file():
+    if not RunFolder(path).is_run():
         raise Dream3DError(f"unknown run {name!r} (no such run folder in {root})")
     return path
 

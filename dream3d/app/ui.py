@@ -22,7 +22,9 @@ from dream3d.app import forms
 from dream3d.app.jobs import DONE, STOPPED, RunManager
 from dream3d.app.runs import list_runs, read_losses, read_run, reserve_run_dir, resolve_run
 from dream3d.app.status import error_html, info_html, job_html
+from dream3d.app.worker import run_job
 from dream3d.errors import Dream3DError
+from dream3d.run_folder import RunFolder, default_run_dir
 
 CSS = """
 .d3-status {font-size: 1rem; padding: 2px 0; min-height: 1.5em}
@@ -99,7 +101,7 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
     """The Blocks (not launched). `outputs`: the runs folder; `manager`: the run manager (default: one run per
     device, 8 waiting)."""
     outputs = Path(outputs)
-    manager = manager or RunManager()
+    manager = manager or RunManager(run_job)
     serve = FileServer()
     method_table = forms.methods()
 
@@ -122,7 +124,7 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
             job.done_event.wait(poll_seconds)
         snap = job.snapshot()
         status = job_html(job, snap, 0)
-        if not (job.run_dir / "config.yaml").is_file():  # failed before the run folder was written
+        if not RunFolder(job.run_dir).is_run():  # failed before the run folder was written
             yield status, None, loss_frame(snap["loss"]), None, None, None, None
             return
         info = read_run(job.run_dir)
@@ -137,8 +139,7 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
         if owner and manager.active(owner, kind):
             raise Dream3DError(f"a {'generation' if kind == 'generate' else 'edit'} from this page is still "
                                "running; stop it or wait for it to finish")
-        from dream3d.trainer import default_run_dir
-        run_dir = reserve_run_dir(default_run_dir(cfg, outputs))
+        run_dir = reserve_run_dir(default_run_dir(cfg, outputs).path)
         try:
             return manager.submit(kind, cfg, run_dir, owner=owner)
         except Dream3DError:

@@ -1,53 +1,33 @@
-"""What a worker thread does with one job: train (Trainer), export the state reached, package the OBJ."""
+"""What a worker thread does with one job: the generation pipeline (stages, then the export of the state
+reached), then the OBJ zip for the download."""
 
 from __future__ import annotations
 
-import time
-
-from dream3d.app.jobs import DONE, EXPORTING, STOPPED, Job
+from dream3d.app.jobs import DONE, STOPPED, Job
 from dream3d.app.runs import obj_zip
+from dream3d.pipeline import run_generation
 
 
 def run_job(job: Job, preview_seconds: float = 3.0) -> None:
-    """Run `job` to its end: `train_stages` (both stages of a two-stage recipe; job.run_dir follows the stage
-    running), then (done or stopped after >= 1 step) export_run + OBJ zip of the last stage.
+    """Run `job` to its end: `run_generation` (both stages of a two-stage recipe; job.run_dir follows the stage
+    running), exporting the last stage when it finished or was stopped after >= 1 step, then its OBJ zip.
 
-    preview_seconds: besides the config's `preview_every`, render a preview when this many seconds have passed
-    since the last one (0 disables), so the page refreshes every few seconds whatever the step time.
+    preview_seconds: besides the config's `preview_every`, a preview whenever this many seconds have passed since
+    the last one (0 disables), so the page refreshes every few seconds whatever the step time.
     Sets job.state to "done" or "stopped"; a user mistake raises Dream3DError (the manager records it).
     """
-    from dream3d.trainer import train_stages
-
-    last = [time.monotonic()]
-    trainer = None
-
-    def events(e: dict) -> None:
-        job.on_event(e)
-        if e["type"] == "preview":
-            last[0] = time.monotonic()
-        elif (e["type"] == "step" and preview_seconds > 0 and e["step"] < e["steps"]
-              and time.monotonic() - last[0] >= preview_seconds):
-            trainer.preview()  # in the training thread, between two steps
-
-    def follow(t) -> None:  # each stage's trainer (a two-stage recipe goes on in `<run>-mesh`)
-        nonlocal trainer
-        trainer = t
-        job.run_dir = t.run_dir
-        job.attach(t)
-
     first_dir = job.run_dir
     try:
-        state, trainer = train_stages(job.cfg, job.run_dir, events=events, on_trainer=follow, handle_signals=False)
+        result = run_generation(job.cfg, job.run_dir, events=job.on_event, should_stop=job.stop_requested.is_set,
+                                stop_reason="stopped from the app", handle_signals=False, export_stopped=True,
+                                preview_seconds=preview_seconds)
     except BaseException:
         if first_dir.is_dir() and not any(first_dir.iterdir()):
             first_dir.rmdir()  # the folder reserved for it stays empty: leave no trace in the gallery
         raise
-    if state == STOPPED:
+    trainer = result.trainer
+    if result.state == STOPPED:
         job.message = f"stopped at step {trainer.step}/{trainer.cfg.steps}"
-    if trainer.cfg.export.enabled and trainer.step > 0:
-        from dream3d.export_run import export_run
-
-        job.state = EXPORTING
-        export_run(trainer.run_dir, trainer=trainer)
-        obj_zip(trainer.run_dir)
-    job.state = DONE if state == "done" else STOPPED
+    if result.exported is not None:
+        obj_zip(result.run.path)
+    job.state = DONE if result.state == "done" else STOPPED

@@ -38,7 +38,7 @@ def add_batch_parser(sub) -> None:
 def cmd_batch(a: argparse.Namespace) -> int:
     from dream3d.batch.jobs import parse_seeds, parse_shard
     from dream3d.batch.run import BatchOptions, run_batch
-    from dream3d.cli import split_words
+    from dream3d.console import split_words
 
     words = list(a.words)
     if a.ray and "=" in a.ray:  # `--ray key=value`: the override is not an address

@@ -157,7 +157,7 @@ def settings_hash(cfg: RunConfig) -> str:
 
 
 def job_name(prompt: str, seed: int, digest: str) -> str:
-    from dream3d.trainer import slugify  # torch is imported only when jobs are resolved
+    from dream3d.fileio import slugify
     return f"{slugify(prompt)}-s{seed}-{digest}"
 
 

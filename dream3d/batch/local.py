@@ -79,9 +79,9 @@ def worker_main(slot: int, ppid: int, inbox, events, stop, threads: int, gpu: st
     os.dup2(log.fileno(), 2)
     sys.stdout = sys.stderr = log
     from dream3d.batch.worker import run_job, set_threads
-    from dream3d.cli import _quiet_libraries
+    from dream3d.console import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     set_threads(threads)
 
     def emit(e: dict) -> None:

@@ -1,7 +1,7 @@
 """`batch.json`: the record of a batch, one entry per job, shared by every process working on the batch.
 
 Each update is a read-merge-write under an exclusive lock (`batch.lock`, fcntl; on Linux NFS this is a POSIX
-lock) and the file is replaced atomically (`trainer.write_json_atomic`), so shards of an array job can share one
+lock) and the file is replaced atomically (`fileio.write_json_atomic`), so shards of an array job can share one
 batch folder and a crash never leaves a half-written manifest. A process only replaces the entries of its own
 jobs; entries of other jobs are kept as they are.
 
@@ -78,7 +78,7 @@ class Manifest:
         `on_write(merged)` runs under the lock (the gallery is rewritten there, so it always matches the file).
         Returns the merged manifest. Jobs stay sorted by their batch index.
         """
-        from dream3d.trainer import write_json_atomic
+        from dream3d.fileio import write_json_atomic
 
         with self.locked():
             data = self.read()

@@ -32,9 +32,9 @@ def import_ray():
 def _ray_task(job, run_dir: str, events, threads: int) -> dict:
     """Body of one Ray task: the same `run_job` as local workers, events into the driver's queue."""
     from dream3d.batch.worker import run_job, set_threads
-    from dream3d.cli import _quiet_libraries
+    from dream3d.console import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     set_threads(threads)
 
     def emit(e: dict) -> None:

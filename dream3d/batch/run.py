@@ -44,7 +44,7 @@ class BatchOptions:
 
 def default_batch_dir(prompts: str | Path, root: str | Path = "outputs") -> Path:
     """outputs/batch-<prompts file stem>: the same command always finds its batch again."""
-    from dream3d.trainer import slugify
+    from dream3d.fileio import slugify
     return Path(root) / f"batch-{slugify(Path(prompts).stem)}"
 
 

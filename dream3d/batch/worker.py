@@ -1,10 +1,11 @@
 """One batch job, run inside a worker (a spawned process or a Ray task): the ordinary generation path.
 
-`run_job` trains the job's resolved config in its run folder with `trainer.train_stages` (so a folder that holds
-a checkpoint is resumed from it, and a two-stage recipe goes on in `<run>-mesh`; the worker's prior is reused
-across its jobs), exports the last stage (`export_run`, as `dream3d generate` does), renders a thumbnail, and reports events through `emit`. Any exception becomes a
-"failed" result with a one-line error (the full traceback goes to `<run>/error.log`), so one bad job never
-stops the worker.
+`run_job` runs the job's resolved config in its run folder through the generation pipeline
+(`dream3d.pipeline.run_generation`, as `dream3d generate` does: a folder that holds a checkpoint is resumed
+from it, a two-stage recipe goes on in `<run>-mesh`, the last stage is exported; the worker's prior is reused
+across its jobs), renders a thumbnail, and reports events through `emit`. Any exception becomes a "failed"
+result with a one-line error (the full traceback goes to the run's error log), so one bad job never stops the
+worker.
 
 Events (dicts, all with "type" and "job"):
   started    {host, pid}                     the worker took the job
@@ -51,13 +52,13 @@ def write_thumbnail(trainer, path: Path, size: int = THUMBNAIL_SIZE) -> Path:
     import torch
 
     from dream3d.cameras import orbit_cameras
-    from dream3d.trainer import save_image
+    from dream3d.fileio import save_image
 
     trainer.renderer.eval()
     with torch.no_grad():
         out = trainer.renderer.render_chunked(orbit_cameras(1, 20.0).to(trainer.device), size, size,
                                               shading="lambertian")
-    save_image(out["rgb"], path)
+    save_image(out.rgb, path)
     return path
 
 
@@ -80,23 +81,26 @@ def shared_prior(cfg):
 def run_job(job, run_dir: str | Path, emit: Callable[[dict], None],
             should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Run (or resume) one `jobs.Job` in `run_dir`; returns the "finished" event (also emitted)."""
-    run_dir = Path(run_dir)
+    from dream3d.run_folder import RunFolder
+
+    run = RunFolder(run_dir)
     t0 = time.time()
     base = {"job": job.name}
     emit({"type": "started", **base, "host": socket.gethostname(), "pid": os.getpid()})
-    trainer = None
+    step = [0]
     last = {"t": 0.0}
 
-    def on_event(e: dict) -> None:
-        if e["type"] == "start":
-            emit({"type": "training", **base, "step": e["step"], "steps": e["steps"], "resumed": e["resumed"]})
-        elif e["type"] == "checkpoint":
-            emit({"type": "checkpoint", **base, "step": e["step"], "steps": e["steps"]})
-        elif e["type"] == "step" and time.time() - last["t"] >= PROGRESS_EVERY_S:
+    def on_event(e) -> None:
+        step[0] = e.step
+        if e.kind == "start":
+            emit({"type": "training", **base, "step": e.step, "steps": e.steps, "resumed": e.resumed})
+        elif e.kind == "checkpoint":
+            emit({"type": "checkpoint", **base, "step": e.step, "steps": e.steps})
+        elif e.kind == "step" and time.time() - last["t"] >= PROGRESS_EVERY_S:
             last["t"] = time.time()
-            emit({"type": "progress", **base, "step": e["step"], "steps": e["steps"], "phase": "train"})
-        if e["type"] in ("start", "step") and trainer is not None and should_stop():
-            trainer.request_stop("interrupted")
+            emit({"type": "progress", **base, "step": e.step, "steps": e.steps, "phase": "train"})
+        elif e.kind == "export":
+            emit({"type": "progress", **base, "step": e.step, "steps": job.steps, "phase": "export"})
 
     result = {"type": "finished", **base, "state": "failed", "error": "", "step": 0, "steps": job.steps,
               "outputs": {}}
@@ -104,41 +108,28 @@ def run_job(job, run_dir: str | Path, emit: Callable[[dict], None],
         if job.error:
             from dream3d.errors import Dream3DError
             raise Dream3DError(job.error)
-        from dream3d.trainer import train_stages
+        from dream3d.pipeline import run_generation
 
-        def follow(t) -> None:  # each stage's trainer, so that a stop request reaches it
-            nonlocal trainer
-            trainer = t
-            if should_stop():
-                t.request_stop("interrupted")
-
-        state, trainer = train_stages(job.cfg, run_dir, prior=shared_prior(job.cfg), events=on_event,
-                                      on_trainer=follow)
-        if state != "done":
+        generation = run_generation(job.cfg, run, prior=shared_prior(job.cfg), events=on_event,
+                                    should_stop=should_stop, stop_reason="interrupted")
+        if generation.state != "done":
             result["state"] = "interrupted"
         else:
-            outputs: dict[str, str] = {}
-            if trainer.cfg.export.enabled:
-                from dream3d.export_run import export_run
-
-                emit({"type": "progress", **base, "step": trainer.step, "steps": job.steps, "phase": "export"})
-                files = export_run(trainer.run_dir, trainer=trainer)["files"]
-                outputs.update({k: str(v) for k, v in files.items()})
-            outputs["thumbnail"] = str(write_thumbnail(trainer, run_dir / "thumbnail.png"))
+            outputs = {k: str(v) for k, v in (generation.exported or {"files": {}})["files"].items()}
+            outputs["thumbnail"] = str(write_thumbnail(generation.trainer, run.thumbnail))
             result.update(state="done", outputs=outputs)
-        result["step"] = trainer.step
+        result["step"] = generation.trainer.step
     except KeyboardInterrupt:  # a Ray cancel, or Ctrl-C outside the trainer's signal handling
-        result["state"] = "interrupted"
-        result["step"] = trainer.step if trainer is not None else 0
+        result.update(state="interrupted", step=step[0])
     except Exception as e:  # noqa: BLE001 - isolation: any failure is recorded and the batch goes on
-        result.update(state="failed", error=one_line(e), step=trainer.step if trainer is not None else 0)
+        result.update(state="failed", error=one_line(e), step=step[0])
         try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "error.log").write_text(traceback.format_exc())
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.error_log.write_text(traceback.format_exc())
         except OSError:
             pass
     finally:
-        trainer = None  # free the scene (and GPU memory) before the next job
+        generation = None  # free the scene (and GPU memory) before the next job
         gc.collect()
         _empty_cuda_cache()
     result["seconds"] = round(time.time() - t0, 3)

@@ -21,6 +21,7 @@ from dream3d.cameras import Cameras, camera_rays, light_directions
 from dream3d.errors import Dream3DError
 from dream3d.geometry.background import SolidBackground
 from dream3d.geometry.mesh_ops import normal_consistency, vertex_normals
+from dream3d.render.output import RenderOut
 from dream3d.render.rasterize import Rasterizer, mesh_topology
 from dream3d.render.shading import check_shading, needs_normals, shade
 
@@ -46,13 +47,17 @@ class MeshRenderer(nn.Module):
         """The trainer's per-step hook; a mesh has no occupancy grid to update."""
         return False
 
+    def stats(self) -> dict[str, float]:
+        """No per-step figures beyond the render's face count."""
+        return {}
+
     @property
     def device(self) -> torch.device:
         return self.geometry.sdf.device
 
     def render_mesh(self, mesh, cams: Cameras, height: int, width: int, shading: str = "albedo",
                     light_dirs: torch.Tensor | None = None, with_normal: bool | None = None,
-                    bg_color: torch.Tensor | None = None, topo=None) -> dict:
+                    bg_color: torch.Tensor | None = None, topo=None) -> RenderOut:
         """Render a given mesh (`TriMesh`-like: vertices (V,3), faces (F,3)) for B cameras (see module doc)."""
         check_shading(shading)
         want_normals = needs_normals(shading) if with_normal is None else (with_normal or needs_normals(shading))
@@ -82,15 +87,13 @@ class MeshRenderer(nn.Module):
         if faces.shape[0] > 0:
             img = self.rasterizer.antialias(img, frags, topo)
         img = img.permute(0, 3, 1, 2)
-        out = {"rgb": img[:, :3], "opacity": img[:, 3:4], "depth": img[:, 4:5], "n_faces": int(faces.shape[0])}
-        if want_normals:
-            out["normal"] = img[:, 5:8]
-        return out
+        return RenderOut(rgb=img[:, :3], opacity=img[:, 3:4], depth=img[:, 4:5],
+                         normal=img[:, 5:8] if want_normals else None, n_faces=int(faces.shape[0]))
 
     def forward(self, cams: Cameras, height: int, width: int, shading: str = "albedo",
                 light_dirs: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 with_normal: bool | None = None, stratified: bool | None = None,
-                bg_color: torch.Tensor | None = None) -> dict:
+                bg_color: torch.Tensor | None = None) -> RenderOut:
         """Render B cameras at height x width (the `VolumeRenderer.forward` signature; generator and
         stratified are unused: rasterization is deterministic)."""
         mesh = self.geometry.extract_mesh()
@@ -108,13 +111,13 @@ class MeshRenderer(nn.Module):
             if self.normal_consistency > 0:
                 reg = reg + self.normal_consistency * normal_consistency(mesh.vertices, mesh.faces,
                                                                          topo.edge_faces)
-            out["regularizer"] = reg
+            out.regularizer = reg
         return out
 
     @torch.no_grad()
     def render_chunked(self, cams: Cameras, height: int, width: int, shading: str = "albedo",
                        light_dirs: torch.Tensor | None = None, chunk_rays: int = 16384, with_normal: bool = True,
-                       bg_color: torch.Tensor | None = None) -> dict:
+                       bg_color: torch.Tensor | None = None) -> RenderOut:
         """Evaluation render (no grad), one view at a time (the mesh is extracted once); same outputs."""
         mesh = self.geometry.extract_mesh()
         topo = mesh_topology(mesh.faces) if mesh.faces.shape[0] else None
@@ -124,6 +127,6 @@ class MeshRenderer(nn.Module):
             len(cams), 3)
         parts = [self.render_mesh(mesh, cams[i:i + 1], height, width, shading, light[i:i + 1], with_normal,
                                   None if bgc is None else bgc[i], topo) for i in range(len(cams))]
-        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if torch.is_tensor(parts[0][k])}
-        out["n_faces"] = parts[0]["n_faces"]
-        return out
+        normal = torch.cat([p.normal for p in parts]) if parts[0].normal is not None else None
+        return RenderOut(rgb=torch.cat([p.rgb for p in parts]), opacity=torch.cat([p.opacity for p in parts]),
+                         depth=torch.cat([p.depth for p in parts]), normal=normal, n_faces=parts[0].n_faces)

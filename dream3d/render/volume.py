@@ -28,6 +28,7 @@ from dream3d.geometry.background import SolidBackground
 from dream3d.render.marching import PackedSamples, accumulate, composite_weights, march, visibility
 from dream3d.render.nerfacc_backend import NerfaccMarcher, nerfacc_available
 from dream3d.render.occupancy import OccupancyGrid
+from dream3d.render.output import RenderOut
 from dream3d.render.shading import check_shading, needs_normals, shade
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,10 @@ class VolumeRenderer(nn.Module):
     def update_occupancy(self, step: int, generator: torch.Generator | None = None) -> bool:
         """EMA-update the occupancy grid from σ·dt when `step % occ_update_every == 0`; returns whether it ran."""
         return self.occupancy.update(step, lambda x: self.geometry.density(x) * self.render_step_size, generator)
+
+    def stats(self) -> dict[str, float]:
+        """{"occupied": fraction of occupancy-grid cells marked occupied}."""
+        return {"occupied": self.occupancy.occupied_fraction}
 
     # --- rendering ---------------------------------------------------------------------------------------------
     def _query(self, pts: torch.Tensor, with_normals: bool):
@@ -197,23 +202,22 @@ class VolumeRenderer(nn.Module):
         return origins.reshape(-1, 3), dirs.reshape(-1, 3), light, bg
 
     @staticmethod
-    def _to_images(out: dict, b: int, height: int, width: int) -> dict:
-        return {k: (v.reshape(b, height, width, -1).permute(0, 3, 1, 2) if torch.is_tensor(v) else v)
-                for k, v in out.items()}
+    def _to_images(out: dict, b: int, height: int, width: int) -> RenderOut:
+        """Ray-ordered (B·H·W, C) results -> a `RenderOut` of (B,C,H,W) images."""
+        img = {k: v.reshape(b, height, width, -1).permute(0, 3, 1, 2) for k, v in out.items() if torch.is_tensor(v)}
+        return RenderOut(n_samples=int(out["n_samples"]), **img)
 
     def forward(self, cams: Cameras, height: int, width: int, shading: str = "albedo",
                 light_dirs: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 with_normal: bool | None = None, stratified: bool | None = None,
-                bg_color: torch.Tensor | None = None) -> dict:
+                bg_color: torch.Tensor | None = None) -> RenderOut:
         """Render B cameras at height x width.
 
         shading: "albedo" | "lambertian" | "textureless"; light_dirs: (B,3) or (3,) unit directions towards the
         light (default `cameras.light_directions`); generator: draws the per-ray jitter; stratified: default
         `self.training`; bg_color: (3,) or (B,3) solid colour replacing the background module for this call.
 
-        Returns rgb (B,3,H,W) in [0,1], opacity (B,1,H,W), depth (B,1,H,W) (Σ w·t, world units, 0 where empty;
-        depth/opacity is the expected hit distance), when normals are computed normal (B,3,H,W) (Σ w·n, world
-        space, in [-1,1]) and orient (B,1,H,W), and n_samples (int, geometry queries).
+        Returns a `RenderOut`: rgb, opacity, depth, and normal and orient when normals are computed, n_samples.
         """
         origins, dirs, light, bg = self._rays(cams, height, width, light_dirs, bg_color)
         stratified = self.training if stratified is None else stratified
@@ -223,7 +227,7 @@ class VolumeRenderer(nn.Module):
     @torch.no_grad()
     def render_chunked(self, cams: Cameras, height: int, width: int, shading: str = "albedo",
                        light_dirs: torch.Tensor | None = None, chunk_rays: int = 16384, with_normal: bool = True,
-                       bg_color: torch.Tensor | None = None) -> dict:
+                       bg_color: torch.Tensor | None = None) -> RenderOut:
         """Evaluation render (no grad, no jitter) in chunks of rays, for previews and turntables at any size.
 
         Same outputs as `forward` (normal and orient included by default).

@@ -137,7 +137,7 @@ def sdf_from_nerf(dmtet: DMTetGeometry, renderer, carve_views: int = 96, image_s
         cams = sample_cameras(carve_views, generator=torch.Generator().manual_seed(seed))
         src = geometry_device(geometry)
         opacity = torch.cat([renderer.render_chunked(cams[i:i + 8].to(src), image_size, image_size,
-                                                     shading="albedo", with_normal=False)["opacity"].cpu()
+                                                     shading="albedo", with_normal=False).opacity.cpu()
                              for i in range(0, carve_views, 8)])
         grown = torch.from_numpy(ndimage.binary_dilation(occ.numpy(), iterations=dilation)) if dilation else occ
         hull = visual_hull(vertex_grid_points(level_resolution, bound).reshape(-1, 3), cams, opacity)
@@ -247,18 +247,3 @@ def init_from_nerf(dmtet: DMTetGeometry, renderer, albedo_steps: int = 300, carv
              "error %.3f, %.1f s", stats["level"], stats["offset"], stats["silhouette_iou"], faces, err,
              stats["seconds"])
     return stats
-
-
-def init_from_run(renderer, run_dir, albedo_steps: int = 300, carve_views: int = 96, carve_resolution: int = 128,
-                  seed: int = 0) -> dict:
-    """Initialise a MeshRenderer's DMTet geometry (and its background, when of the same kind) from a finished
-    NeRF run folder; returns the `init_from_nerf` stats plus the source run."""
-    from dream3d.export_run import load_run_renderer
-
-    src_cfg, src = load_run_renderer(run_dir, str(renderer.device))
-    if src_cfg.stage != "nerf":
-        raise Dream3DError(f"{run_dir} is a {src_cfg.stage} run; the mesh stage starts from a NeRF run")
-    stats = init_from_nerf(renderer.geometry, src.eval(), albedo_steps, carve_views, carve_resolution, seed=seed)
-    if type(src.background) is type(renderer.background):
-        renderer.background.load_state_dict(src.background.state_dict())
-    return {**stats, "source": str(run_dir)}
