@@ -27,6 +27,7 @@ from dream3d.checkpoint import (find_checkpoint, load_checkpoint, load_module_te
                                 module_tensors, optimizer_tensors, save_checkpoint)
 from dream3d.config import RunConfig, load_config, save_config
 from dream3d.errors import Dream3DError, PromptError
+from dream3d.guidance.batch import GuidanceBatch
 from dream3d.system import build_guidance, build_renderer, resolve_device
 
 log = logging.getLogger("dream3d")
@@ -187,13 +188,13 @@ class Trainer:
         shading = self._pick_shading()
         jitter_state = self.generator.get_state()  # the source render (editing) reuses the same ray jitter
         out = self.renderer(cams, r.height, r.width, shading=shading, generator=self.generator)
-        batch = {"prompt": cfg.prompt, "negative_prompt": cfg.guidance.negative_prompt, "cameras": cams,
-                 "view_dependent": cfg.guidance.view_dependent, "total_steps": cfg.steps,
-                 "opacity": out["opacity"], "depth": out["depth"]}
+        batch = GuidanceBatch(prompt=cfg.prompt, negative_prompt=cfg.guidance.negative_prompt, cameras=cams,
+                              view_dependent=cfg.guidance.view_dependent, total_steps=cfg.steps,
+                              opacity=out["opacity"], depth=out["depth"])
         if self.source_renderer is not None:  # DDS: the source scene from the same cameras and shading
             with torch.no_grad():
                 gen = torch.Generator().set_state(jitter_state)
-                batch["rgb_source"] = self.source_renderer(cams, r.height, r.width, shading=shading, generator=gen,
+                batch.rgb_source = self.source_renderer(cams, r.height, r.width, shading=shading, generator=gen,
                                                            stratified=True)["rgb"]
         gout = self.guidance(out["rgb"], batch, self.step)
         loss = gout.loss
