@@ -15,6 +15,7 @@ from dream3d.cameras import Cameras, camera_rays, make_cameras
 from dream3d.config import load_config
 from dream3d.errors import ConfigError, PromptError
 from dream3d.guidance.cfd import CFDGuidance
+from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.dds import DDSGuidance
 from dream3d.guidance.nfsd import NFSD_NEGATIVE_PROMPT, NFSDGuidance
 from dream3d.guidance.sds import SDSGuidance
@@ -47,8 +48,8 @@ def _targets(*prompts: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return {p: torch.randn(SHAPE, generator=gen).double() for p in prompts}
 
 
-def _batch(prompt: str = "a red cube", **kw) -> dict:
-    return {"prompt": prompt, "negative_prompt": "", "total_steps": 10, **kw}
+def _batch(prompt: str = "a red cube", **kw) -> GuidanceBatch:
+    return GuidanceBatch(**{"prompt": prompt, "negative_prompt": "", "total_steps": 10, **kw})
 
 
 def _abar(prior, t: torch.Tensor) -> torch.Tensor:
@@ -385,8 +386,8 @@ def test_cfd_uses_surface_noise_and_needs_a_deterministic_schedule():
 def _render_batch(prompt="a red cube", b=2, size=12, **kw):
     cams = make_cameras([10.0, 40.0][:b], [0.0, 170.0][:b])
     depth, opacity = _sphere(cams, size)
-    return {"prompt": prompt, "negative_prompt": "", "cameras": cams, "view_dependent": True, "total_steps": 10,
-            "depth": depth, "opacity": opacity, **kw}
+    return GuidanceBatch(**{"prompt": prompt, "negative_prompt": "", "cameras": cams, "view_dependent": True,
+                            "total_steps": 10, "depth": depth, "opacity": opacity, **kw})
 
 
 @pytest.mark.parametrize("config", ["vsd", "nfsd", "ssd", "cfd", "dds-edit"])

@@ -7,7 +7,7 @@ import torch
 
 from dream3d.cameras import make_cameras, view_suffixes
 from dream3d.errors import PromptError
-from dream3d.guidance import SDSGuidance, WEIGHTINGS
+from dream3d.guidance import GuidanceBatch, SDSGuidance, WEIGHTINGS
 from dream3d.guidance.sds import default_guidance_scale
 from tiny_models import OraclePrior, PointMassPrior
 
@@ -19,8 +19,8 @@ def _targets(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"a red cube": torch.randn(SHAPE, generator=gen).double(), "": torch.randn(SHAPE, generator=gen).double()}
 
 
-def _batch(prompt: str = "a red cube", **kw) -> dict:
-    return {"prompt": prompt, "negative_prompt": "", "total_steps": 10, **kw}
+def _batch(prompt: str = "a red cube", **kw) -> GuidanceBatch:
+    return GuidanceBatch(**{"prompt": prompt, "negative_prompt": "", "total_steps": 10, **kw})
 
 
 def _point_mass_grad(prior, x, t, x_star, weighting):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dream3d.guidance.base import Guidance, GuidanceOut
+from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine, predict_branches
 from dream3d.guidance.loss import grad_loss, prepare_grad, scheduled_value
 from dream3d.guidance.cfd import CFDGuidance
@@ -14,6 +15,6 @@ from dream3d.guidance.vsd import VSDGuidance
 from dream3d.guidance.timesteps import TimestepSchedule
 from dream3d.guidance.weighting import WEIGHTINGS, weight
 
-__all__ = ["CFDGuidance", "DDSGuidance", "Guidance", "GuidanceOut", "NFSDGuidance", "SDSGuidance", "SSDGuidance",
+__all__ = ["CFDGuidance", "DDSGuidance", "Guidance", "GuidanceBatch", "GuidanceOut", "NFSDGuidance", "SDSGuidance", "SSDGuidance",
            "VSDGuidance", "TimestepSchedule", "WEIGHTINGS", "cfg_combine",
            "grad_loss", "predict_branches", "prepare_grad", "scheduled_value", "weight"]

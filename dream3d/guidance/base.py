@@ -2,10 +2,8 @@
 
 A guidance method is called as `guidance(rgb, batch, step) -> GuidanceOut`:
 - rgb: (B,3,H,W) renders in [0,1] (differentiable);
-- batch: dict with
-    "prompt" (str, view-independent), "negative_prompt" (str, default ""), "cameras" (`Cameras`, optional in 2D),
-    "view_dependent" (bool, default False: append `view_suffixes(cameras)` to the prompt, per sample),
-    "total_steps" (int; needed by deterministic timestep schedules), plus method-specific extras;
+- batch: a `GuidanceBatch` (prompt, negative prompt, cameras, view dependence, total steps, and the render
+  extras some methods read: opacity and depth for CFD, the source render and prompt for DDS);
 - step: the optimization step (0-based).
 `loss.backward()` delivers ∂/∂rgb; the prior never receives gradients.
 
@@ -22,6 +20,7 @@ import torch
 
 from dream3d.cameras import view_suffixes
 from dream3d.errors import PromptError
+from dream3d.guidance.batch import GuidanceBatch
 
 
 @dataclass
@@ -43,7 +42,7 @@ class Guidance:
         else:
             self.generator.manual_seed(int(seed))
 
-    def __call__(self, rgb: torch.Tensor, batch: dict, step: int) -> GuidanceOut:
+    def __call__(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         """Abstract: every method (SDS, VSD, ...) implements its own step; the base class is never called."""
         raise NotImplementedError(f"{type(self).__name__} does not implement __call__")
 
@@ -62,22 +61,22 @@ class Guidance:
 
     # --- shared helpers ---------------------------------------------------------------------------------------
     @staticmethod
-    def prompts(batch: dict, n: int) -> tuple[list[str], list[str]]:
+    def prompts(batch: GuidanceBatch, n: int) -> tuple[list[str], list[str]]:
         """(conditional prompts, negative prompts), n each; view suffixes appended to the former if asked."""
-        prompt = batch["prompt"]
+        prompt = batch.prompt
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("the prompt is empty")
         cond = [prompt] * n
-        if batch.get("view_dependent", False):
-            cams = batch.get("cameras")
+        if batch.view_dependent:
+            cams = batch.cameras
             if cams is None:
-                raise ValueError("view_dependent prompts need batch['cameras']")
+                raise ValueError("view_dependent prompts need batch.cameras")
             if len(cams) != n:
                 raise ValueError(f"{len(cams)} cameras for {n} images")
             cond = [prompt + s for s in view_suffixes(cams)]
-        return cond, [batch.get("negative_prompt", "") or ""] * n
+        return cond, [batch.negative_prompt or ""] * n
 
-    def text_embeddings(self, batch: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_embeddings(self, batch: GuidanceBatch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(cond, uncond) embeddings, each (n, L, D), from the prior's per-prompt cache."""
         cond, neg = self.prompts(batch, n)
         return self.prior.encode_text(cond), self.prior.encode_text(neg)

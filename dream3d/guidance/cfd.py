@@ -14,7 +14,7 @@ x ← x − η·g, moves x̄_t = x + λ_t ε̃ to x̄' = x − ηλ_t(ε̂ − �
 ηλ_t = λ_t − λ_{t'}, i.e. η = 1 − λ_{t'}/λ_t (then the ε̃ terms also match: ηλ_t + λ_{t'} = λ_t). With the loss
 trick ∂loss/∂x = g/B, so plain SGD needs lr = B·(1 − λ_{t'}/λ_t). tests/test_guidance_methods.py checks this.
 
-Batch: "depth", "opacity" (B,1,H,W) and "cameras" from the renderer (the trainer passes them); without them
+Batch: depth, opacity (B,1,H,W) and cameras from the renderer (the trainer passes them); without them
 (2D) one fixed noise image is used. Noise re-injection `reinject` is a `scheduled_value` spec of γ per step.
 """
 
@@ -26,6 +26,7 @@ import torch
 
 from dream3d.errors import ConfigError
 from dream3d.guidance.base import GuidanceOut
+from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.loss import ClampSpec, scheduled_value
 from dream3d.guidance.output import distillation_output
 from dream3d.guidance.sds import SDSGuidance
@@ -51,13 +52,13 @@ class CFDGuidance(SDSGuidance):
         self.noise = SurfaceNoise(self.generator, subsamples=subsamples, voxel_size=voxel_size or None)
         self.reinject = reinject
 
-    def __call__(self, rgb: torch.Tensor, batch: dict, step: int) -> GuidanceOut:
+    def __call__(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         x = self.prior.encode_images(rgb)
-        t = self.schedule(step, batch.get("total_steps"), x.shape[0]).to(self.prior.alphas_cumprod.device)
+        t = self.schedule(step, batch.total_steps, x.shape[0]).to(self.prior.alphas_cumprod.device)
         gamma = scheduled_value(self.reinject, step)
         if gamma:
             self.noise.reinject(gamma)  # n ← √(1−γ)n + √γ N(0,1)
-        eps = self.noise(tuple(x.shape), batch.get("depth"), batch.get("opacity"), batch.get("cameras"))
+        eps = self.noise(tuple(x.shape), batch.depth, batch.opacity, batch.cameras)
         g = self.grad(x, t, eps.to(x.device, x.dtype), batch)  # λ_t(ε̂_s(α_t(x + λ_t ε̃)) − ε̃)
         extra = {"reinject": gamma} if gamma else {}
         return distillation_output(self, x, g, t, step, extra)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from dream3d.errors import ConfigError, PromptError
+from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine, predict_branches
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
@@ -54,12 +55,12 @@ class NFSDGuidance(SDSGuidance):
         self.negative_prompt = negative_prompt
         self._warned = False
 
-    def negative(self, batch: dict) -> str:
+    def negative(self, batch: GuidanceBatch) -> str:
         """The prompt of the ε_neg branch (see class doc)."""
         if self.negative_prompt is not None:
             return self.negative_prompt
-        if batch.get("negative_prompt"):
-            return batch["negative_prompt"]
+        if batch.negative_prompt:
+            return batch.negative_prompt
         if getattr(self.prior, "strict_vocabulary", False) and hasattr(self.prior, "check_prompt"):
             try:
                 self.prior.check_prompt(NFSD_NEGATIVE_PROMPT)
@@ -70,7 +71,7 @@ class NFSDGuidance(SDSGuidance):
                 return ""
         return NFSD_NEGATIVE_PROMPT
 
-    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: dict) -> torch.Tensor:
+    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: GuidanceBatch) -> torch.Tensor:
         """g = w(t)·(δ_D + s·δ_C) (B,C,h,w) for x0 x (B,C,h,w), timesteps t (B,), noise ε like x."""
         x = x.detach()
         b = x.shape[0]
@@ -80,7 +81,7 @@ class NFSDGuidance(SDSGuidance):
         cond, _ = self.prompts(batch, b)
         embs = [self.prior.encode_text(cond), self.prior.encode_text([""] * b),
                 self.prior.encode_text([self.negative(batch)] * b)]
-        eps_c, eps_null, eps_neg = predict_branches(self.prior, x_t, t, embs, batch.get("cameras"))
+        eps_c, eps_null, eps_neg = predict_branches(self.prior, x_t, t, embs, batch.cameras)
         domain = (t.to(x.device) >= self.threshold_t).to(x.dtype).view(view)  # δ_D switch: 0 if t < t_D
         w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device).view(view)
         # NFSD gradient: δ_D + s·δ_C = ε_∅ + s(ε_c − ε_∅) − [t ≥ t_D]·ε_neg

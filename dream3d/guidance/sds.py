@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from dream3d.guidance.base import Guidance, GuidanceOut
+from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine, predict_branches
 from dream3d.guidance.loss import ClampSpec
 from dream3d.guidance.output import distillation_output
@@ -52,7 +53,7 @@ class SDSGuidance(Guidance):
         self.grad_clip = grad_clip
 
     def noisy_branches(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                       batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       batch: GuidanceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x_t = α_t x + σ_t ε (forward diffusion of the detached x) and the prior's (ε_c, ε_u) at x_t, from one
         batched UNet call; shapes like x (B,C,h,w)."""
         x = x.detach()
@@ -60,19 +61,19 @@ class SDSGuidance(Guidance):
         view = (-1,) + (1,) * (x.dim() - 1)
         x_t = alpha.view(view) * x + sigma.view(view) * noise
         emb_c, emb_u = self.text_embeddings(batch, x.shape[0])
-        eps_c, eps_u = predict_branches(self.prior, x_t, t, [emb_c, emb_u], batch.get("cameras"))
+        eps_c, eps_u = predict_branches(self.prior, x_t, t, [emb_c, emb_u], batch.cameras)
         return x_t, eps_c, eps_u
 
-    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: dict) -> torch.Tensor:
+    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: GuidanceBatch) -> torch.Tensor:
         """g = w(t)·(ε̂_s(x_t) − ε) (B,C,h,w) for x0 x (B,C,h,w), timesteps t (B,) and noise ε like x."""
         x_t, eps_c, eps_u = self.noisy_branches(x, t, noise, batch)
         view = (-1,) + (1,) * (x.dim() - 1)
         w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device)
         return w.view(view) * (cfg_combine(eps_u, eps_c, self.guidance_scale) - noise)
 
-    def __call__(self, rgb: torch.Tensor, batch: dict, step: int) -> GuidanceOut:
+    def __call__(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         x = self.prior.encode_images(rgb)
         b = x.shape[0]
-        t = self.schedule(step, batch.get("total_steps"), b, self.generator).to(self.prior.alphas_cumprod.device)
+        t = self.schedule(step, batch.total_steps, b, self.generator).to(self.prior.alphas_cumprod.device)
         noise = self.randn_like(x)
         return distillation_output(self, x, self.grad(x, t, noise, batch), t, step)

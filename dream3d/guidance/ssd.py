@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from dream3d.errors import ConfigError
+from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
 from dream3d.guidance.weighting import weight
@@ -70,7 +71,7 @@ class SSDGuidance(SDSGuidance):
         self.threshold_t = to_index(threshold, int(prior.num_train_timesteps))
         self.rescale = bool(rescale)
 
-    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: dict) -> torch.Tensor:
+    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: GuidanceBatch) -> torch.Tensor:
         """SSD's g (B,C,h,w) for x0 x (B,C,h,w), timesteps t (B,) and noise ε like x (see module doc)."""
         x_t, eps_c, eps_u = self.noisy_branches(x, t, noise, batch)  # x_t = α x + σ ε
         view = (-1,) + (1,) * (x.dim() - 1)

@@ -27,6 +27,7 @@ import torch
 from dream3d.cameras import camera_features
 from dream3d.errors import ConfigError
 from dream3d.guidance.base import GuidanceOut
+from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine
 from dream3d.guidance.lora_phi import PhiModel, camera_input
 from dream3d.guidance.output import distillation_output
@@ -53,17 +54,17 @@ class VSDGuidance(SDSGuidance):
         self.train_phi = bool(train_phi)
 
     # --- φ's prediction -----------------------------------------------------------------------------------------
-    def phi_embeddings(self, batch: dict, n: int) -> torch.Tensor:
+    def phi_embeddings(self, batch: GuidanceBatch, n: int) -> torch.Tensor:
         """φ's text embeddings (n,L,D): the view-independent prompt."""
         self.prompts(batch, n)  # validates the prompt
-        return self.prior.encode_text([batch["prompt"]] * n)
+        return self.prior.encode_text([batch.prompt] * n)
 
     @torch.no_grad()
-    def phi_eps(self, x_t: torch.Tensor, t: torch.Tensor, batch: dict) -> torch.Tensor:
+    def phi_eps(self, x_t: torch.Tensor, t: torch.Tensor, batch: GuidanceBatch) -> torch.Tensor:
         """ε̂_φ(x_t; y, t, c) (B,C,h,w), with CFG over the camera when lora_guidance_scale ≠ 1."""
         b = x_t.shape[0]
         emb = self.phi_embeddings(batch, b)
-        cams = batch.get("cameras")
+        cams = batch.cameras
         c2w = camera_input(cams, b, x_t.device)
         feats = None if cams is None else camera_features(cams).to(x_t.device)
         if self.lora_guidance_scale == 1.0:
@@ -76,7 +77,7 @@ class VSDGuidance(SDSGuidance):
         return cfg_combine(eps_nocam, eps_cam, self.lora_guidance_scale)  # CFG over the camera (ProlificDreamer)
 
     # --- the VSD gradient -------------------------------------------------------------------------------------
-    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: dict) -> torch.Tensor:
+    def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: GuidanceBatch) -> torch.Tensor:
         """g = w(t)·(ε̂_pre,s(x_t) − ε̂_φ(x_t)) (B,C,h,w) for x0 x (B,C,h,w), timesteps t (B,), noise ε like x."""
         x_t, eps_c, eps_u = self.noisy_branches(x, t, noise, batch)  # x_t = α x + σ ε; adapters off
         view = (-1,) + (1,) * (x.dim() - 1)
@@ -91,20 +92,20 @@ class VSDGuidance(SDSGuidance):
         keep = torch.rand(b, generator=self.generator) >= self.camera_dropout
         return t, keep
 
-    def phi_update(self, x: torch.Tensor, batch: dict) -> float:
+    def phi_update(self, x: torch.Tensor, batch: GuidanceBatch) -> float:
         """One φ step on the detached x0 (B,C,h,w); returns L_φ before the step."""
         b = x.shape[0]
         t, keep = self.phi_batch(b)
         t = t.to(self.prior.alphas_cumprod.device)
         noise = self.randn_like(x)
         with torch.enable_grad():
-            loss = self.phi.loss(x.detach(), t, noise, self.phi_embeddings(batch, b), batch.get("cameras"), keep)
+            loss = self.phi.loss(x.detach(), t, noise, self.phi_embeddings(batch, b), batch.cameras, keep)
             self.phi.step(loss)
         return float(loss.detach())
 
-    def __call__(self, rgb: torch.Tensor, batch: dict, step: int) -> GuidanceOut:
+    def __call__(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         x = self.prior.encode_images(rgb)
-        t = self.schedule(step, batch.get("total_steps"), x.shape[0], self.generator)
+        t = self.schedule(step, batch.total_steps, x.shape[0], self.generator)
         t = t.to(self.prior.alphas_cumprod.device)
         noise = self.randn_like(x)
         g = self.grad(x, t, noise, batch)
