@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dream3d.geometry.triangles import covered_pixels
+
 
 def face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Unnormalised face normals (F,3) (length = 2·area; counter-clockwise faces point outward)."""
@@ -41,8 +43,6 @@ def mesh_occupancy(vertices: torch.Tensor, faces: torch.Tensor, resolution: int,
     number of crossings lies below it. The rays are shifted by a tiny irrational fraction of a cell so that they
     never hit an edge or a vertex exactly. Needs a closed mesh (any winding).
     """
-    from dream3d.render.rasterize import covered_pixels
-
     cell = 2.0 * bound / resolution
     v = vertices.detach().double().cpu()
     f = faces.cpu()

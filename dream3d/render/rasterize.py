@@ -39,6 +39,7 @@ import torch
 
 from dream3d.cameras import Cameras
 from dream3d.errors import ConfigError
+from dream3d.geometry.triangles import covered_pixels, edge_function
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "nvdiffrast")
@@ -60,11 +61,6 @@ def project(vertices: torch.Tensor, cams: Cameras, height: int, width: int) -> t
     x = 0.5 * width + focal[:, None] * pc[..., 0] / w
     y = 0.5 * height - focal[:, None] * pc[..., 1] / w
     return torch.stack([x, y], -1), w
-
-
-def _edge_fn(a: torch.Tensor, b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Twice the signed area of (a, b, q), (...,2) each -> (...)."""
-    return (b[..., 0] - a[..., 0]) * (q[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (q[..., 0] - a[..., 0])
 
 
 # --- mesh topology ---------------------------------------------------------------------------------------------
@@ -146,46 +142,6 @@ class Fragments:
 
 # --- torch backend ---------------------------------------------------------------------------------------------
 @torch.no_grad()
-def covered_pixels(tri: torch.Tensor, valid: torch.Tensor, height: int, width: int, max_pairs: int = 1 << 20):
-    """Pixel centres inside 2-D triangles, enumerated from each triangle's bounding box in bounded chunks.
-
-    tri (F,3,2) pixel coordinates (centres at +½), valid (F,) bool. Yields, per chunk of whole triangles with
-    at most `max_pairs` candidate pixels, (face (N,), px (N,), py (N,), screen barycentrics (N,3)) of the
-    covered (face, pixel) pairs (edges inclusive).
-    """
-    area2 = _edge_fn(tri[:, 0], tri[:, 1], tri[:, 2])
-    valid = valid & (area2.abs() > 1e-12) & torch.isfinite(tri).all(2).all(1)
-    lo = torch.ceil(tri.amin(1) - 0.5).clamp_min(0)
-    hi = torch.minimum(torch.floor(tri.amax(1) - 0.5),
-                       torch.tensor([width - 1, height - 1], device=tri.device, dtype=tri.dtype))
-    n = (hi - lo + 1).clamp_min(0)
-    count = (n[:, 0] * n[:, 1]).long() * valid
-    fsel = count.nonzero().squeeze(1)
-    if fsel.numel() == 0:
-        return
-    cnt = count[fsel]
-    csum = torch.cumsum(cnt, 0)
-    start = 0
-    while start < fsel.shape[0]:
-        base = csum[start - 1] if start > 0 else csum.new_zeros(())
-        stop = max(int(torch.searchsorted(csum, base + max_pairs, right=True)), start + 1)
-        f, c = fsel[start:stop], cnt[start:stop]
-        fr = torch.repeat_interleave(f, c)
-        first = torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
-        off = torch.arange(fr.shape[0], device=tri.device) - first
-        nx = n[fr, 0].long()
-        px = lo[fr, 0].long() + off % nx
-        py = lo[fr, 1].long() + off // nx
-        q = torch.stack([px, py], -1).to(tri.dtype) + 0.5
-        t, a = tri[fr], area2[fr]
-        b0, b1 = _edge_fn(t[:, 1], t[:, 2], q) / a, _edge_fn(t[:, 2], t[:, 0], q) / a
-        b = torch.stack([b0, b1, 1.0 - b0 - b1], -1)
-        inside = (b >= 0).all(1)
-        yield fr[inside], px[inside], py[inside], b[inside]
-        start = stop
-
-
-@torch.no_grad()
 def _zbuffer_view(xy: torch.Tensor, w: torch.Tensor, faces: torch.Tensor, height: int, width: int,
                   near: float, max_pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest face id (H·W,) (−1 empty) and its view depth (H·W,) (inf empty) for one view."""
@@ -209,9 +165,9 @@ def perspective_barycentrics(xy: torch.Tensor, w: torch.Tensor, tri: torch.Tenso
     """Perspective-correct barycentrics (N,3) of screen points q (N,2) in triangles tri (N,3) (vertex ids into
     xy (V,2) / w (V,)): c_i = (b_i / w_i) / Σ_j (b_j / w_j), b the screen-space barycentrics."""
     p, ww = xy[tri], w[tri]
-    area2 = _edge_fn(p[:, 0], p[:, 1], p[:, 2])
-    b = torch.stack([_edge_fn(p[:, 1], p[:, 2], q), _edge_fn(p[:, 2], p[:, 0], q),
-                     _edge_fn(p[:, 0], p[:, 1], q)], -1) / area2[:, None]
+    area2 = edge_function(p[:, 0], p[:, 1], p[:, 2])
+    b = torch.stack([edge_function(p[:, 1], p[:, 2], q), edge_function(p[:, 2], p[:, 0], q),
+                     edge_function(p[:, 0], p[:, 1], q)], -1) / area2[:, None]
     c = b / ww
     return c / c.sum(-1, keepdim=True)
 
@@ -248,7 +204,7 @@ def silhouette_edges(xy: torch.Tensor, w: torch.Tensor, faces: torch.Tensor, top
     projection.
     """
     tri = xy[faces]
-    area2 = _edge_fn(tri[:, 0], tri[:, 1], tri[:, 2])
+    area2 = edge_function(tri[:, 0], tri[:, 1], tri[:, 2])
     in_front = (w[faces] > near).all(1)
     front = (area2 < -1e-12) & in_front  # counter-clockwise seen from outside is clockwise with y down
     back = (area2 > 1e-12) & in_front
@@ -292,7 +248,7 @@ def _edge_pairs(xy: torch.Tensor, w: torch.Tensor, faces: torch.Tensor, edges: t
         ok = (i >= 0) & (i + 1 < wd)
         fin = inside_face[e]
         centroid = xy[faces[fin]].mean(1)
-        side = _edge_fn(ae, be, centroid)
+        side = edge_function(ae, be, centroid)
         right = (be[:, 1] - ae[:, 1] < 0) == (side > 0)  # inside face right of the crossing (dE/dx = a.y − b.y)
         i = i.clamp(0, wd - 2)
         left_pix, right_pix = row * wd + i, row * wd + i + 1
