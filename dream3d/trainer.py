@@ -122,7 +122,7 @@ class Trainer:
             groups = [{"params": list(geo.encoding.parameters()), "lr": o.lr * o.encoding_lr_multiplier}]
         ids = {id(p) for g in groups for p in g["params"]}
         rest = [p for p in self.renderer.parameters() if p.requires_grad and id(p) not in ids]
-        rest += [p for p in self.guidance.parameters()]
+        rest += self.guidance.optimized_parameters()
         groups.append({"params": rest, "lr": o.lr})
         return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 
@@ -136,7 +136,7 @@ class Trainer:
         tensors = {**module_tensors("renderer", self.renderer)}
         opt_t, opt_meta = optimizer_tensors("optimizer", self.optimizer)
         tensors.update(opt_t)
-        tensors.update({f"guidance.{k}": v for k, v in self.guidance.state_dict().items()})
+        tensors.update(module_tensors("guidance", self.guidance))
         tensors["trainer.rng_state"] = self.generator.get_state()
         save_checkpoint(self.checkpoint_dir, tensors, {"step": self.step, "seconds": self.seconds,
                                                        "optimizer": opt_meta, "prompt": self.cfg.prompt})
@@ -150,8 +150,7 @@ class Trainer:
         load_module_tensors("renderer", self.renderer, tensors)
         self.renderer.to(self.device)
         load_optimizer_tensors("optimizer", self.optimizer, tensors, meta["optimizer"])
-        self.guidance.load_state_dict({k[len("guidance."):]: v for k, v in tensors.items()
-                                       if k.startswith("guidance.")})
+        load_module_tensors("guidance", self.guidance, tensors)
         self.generator.set_state(tensors["trainer.rng_state"].to(torch.uint8))
         self.step, self.seconds = int(meta["step"]), float(meta.get("seconds", 0.0))
         return True

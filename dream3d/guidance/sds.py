@@ -71,7 +71,7 @@ class SDSGuidance(Guidance):
         w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device)
         return w.view(view) * (cfg_combine(eps_u, eps_c, self.guidance_scale) - noise)
 
-    def __call__(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
+    def forward(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         x = self.prior.encode_images(rgb)
         b = x.shape[0]
         t = self.schedule(step, batch.total_steps, b, self.generator).to(self.prior.alphas_cumprod.device)
