@@ -21,6 +21,7 @@ import torch
 from dream3d.cameras import view_suffixes
 from dream3d.errors import PromptError
 from dream3d.guidance.batch import GuidanceBatch
+from dream3d.guidance.diffusion import alpha_sigma, forward_diffusion
 from dream3d.guidance.state import TensorState, attach_shared
 
 
@@ -87,7 +88,7 @@ class Guidance(TensorState):
         """Standard normal noise shaped like x, drawn on the CPU generator (device-independent), on x's device."""
         return torch.randn(x.shape, generator=self.generator, dtype=torch.float32).to(x.device, x.dtype)
 
-    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(α_t, σ_t), each (B,) fp32, for integer timesteps t (B,)."""
-        abar = self.prior.alphas_cumprod[t.to(self.prior.alphas_cumprod.device)]
-        return abar.sqrt(), (1.0 - abar).sqrt()
+    def diffuse(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = α_t x + σ_t ε (`forward_diffusion` with the prior's ᾱ) for x0 x (B,...), timesteps t (B,),
+        noise ε like x."""
+        return forward_diffusion(x, *alpha_sigma(self.prior.alphas_cumprod, t, x.device), noise)

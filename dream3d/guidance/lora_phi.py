@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from dream3d.cameras import Cameras, camera_features
 from dream3d.errors import ConfigError
+from dream3d.guidance.diffusion import alpha_sigma, forward_diffusion
 from dream3d.guidance.state import TensorState, attach_shared
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -162,14 +163,13 @@ class PhiModel(TensorState):
         """L_φ (scalar) on detached x0 x (B,C,h,w) at timesteps t (B,) with noise ε' like x; keep (B,) bool: camera
         kept (False: dropped, for camera CFG)."""
         x = x.detach()
-        acp = self.prior.alphas_cumprod[t.to(self.prior.alphas_cumprod.device)].to(x.device)
-        alpha, sigma = acp.sqrt(), (1.0 - acp).sqrt()
-        view = (-1,) + (1,) * (x.dim() - 1)
-        x_t = alpha.view(view) * x + sigma.view(view) * noise  # x_t' = α x + σ ε'
+        alpha, sigma = alpha_sigma(self.prior.alphas_cumprod, t, x.device)
+        x_t = forward_diffusion(x, alpha, sigma, noise)  # x_t' = α x + σ ε'
         keep_f = keep.to(x.device, torch.float32)
         c2w = camera_input(cameras, x.shape[0], x.device) * keep_f[:, None]
         feats = None if cameras is None else camera_features(cameras).to(x.device) * keep_f[:, None]
         err = self.eps(x_t, t, emb, c2w, feats) - noise  # ε-prediction error
+        view = (-1,) + (1,) * (x.dim() - 1)
         err = err * native_error_scale(self.prior.prediction_type, alpha, sigma).view(view)
         return err.square().mean()  # ordinary diffusion loss in the model's parameterization
 
