@@ -1,6 +1,6 @@
 """What every guidance method shares: the output type, the call contract, prompts, noise and RNG state.
 
-A guidance method is called as `guidance(rgb, batch, step) -> GuidanceOut`:
+A guidance method is an `nn.Module` called as `guidance(rgb, batch, step) -> GuidanceOut`:
 - rgb: (B,3,H,W) renders in [0,1] (differentiable);
 - batch: a `GuidanceBatch` (prompt, negative prompt, cameras, view dependence, total steps, and the render
   extras some methods read: opacity and depth for CFD, the source render and prompt for DDS);
@@ -21,6 +21,8 @@ import torch
 from dream3d.cameras import view_suffixes
 from dream3d.errors import PromptError
 from dream3d.guidance.batch import GuidanceBatch
+from dream3d.guidance.diffusion import alpha_sigma, forward_diffusion
+from dream3d.guidance.state import TensorState, attach_shared
 
 
 @dataclass
@@ -31,33 +33,34 @@ class GuidanceOut:
     info: dict[str, float] = field(default_factory=dict)
 
 
-class Guidance:
-    """Base class. Owns the prior and a CPU `torch.Generator` for timesteps and noise (seeded, checkpointed)."""
+class Guidance(TensorState):
+    """Base class: an `nn.Module` whose `forward(rgb, batch, step)` is the method's step. Uses the prior (a plain
+    attribute, never a submodule: its weights are not the method's state) and owns a CPU `torch.Generator` for
+    timesteps and noise, seeded here; its state is the state_dict entry "rng_state", so a resumed run draws the
+    same t and ε. Subclasses add their own state as submodules (VSD's "phi.*", CFD's "noise.*")."""
 
     def __init__(self, prior: Any, seed: int | None = 0):
-        self.prior = prior
+        super().__init__()
+        attach_shared(self, "prior", prior)
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
         else:
             self.generator.manual_seed(int(seed))
 
-    def __call__(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
-        """Abstract: every method (SDS, VSD, ...) implements its own step; the base class is never called."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement __call__")
-
-    # --- trainable parts and checkpoint state -----------------------------------------------------------------
-    def parameters(self) -> list[torch.nn.Parameter]:
-        """Trainable tensors owned by the method (none for SDS)."""
+    def optimized_parameters(self) -> list[torch.nn.Parameter]:
+        """Tensors the trainer's optimizer should train alongside the renderer: none for every current method
+        (VSD's φ has its own AdamW, stepped inside the call)."""
         return []
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors to checkpoint (safetensors-compatible): the RNG state, plus subclass state."""
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The generator's state as "rng_state" (uint8)."""
         return {"rng_state": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what `state_dict` returned, so a resumed run draws the same t and ε."""
-        self.generator.set_state(state["rng_state"].detach().to("cpu", torch.uint8))
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        rest = dict(tensors)
+        self.generator.set_state(rest.pop("rng_state").detach().to("cpu", torch.uint8))
+        super().load_state_tensors(rest)
 
     # --- shared helpers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -85,7 +88,7 @@ class Guidance:
         """Standard normal noise shaped like x, drawn on the CPU generator (device-independent), on x's device."""
         return torch.randn(x.shape, generator=self.generator, dtype=torch.float32).to(x.device, x.dtype)
 
-    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(α_t, σ_t), each (B,) fp32, for integer timesteps t (B,)."""
-        abar = self.prior.alphas_cumprod[t.to(self.prior.alphas_cumprod.device)]
-        return abar.sqrt(), (1.0 - abar).sqrt()
+    def diffuse(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = α_t x + σ_t ε (`forward_diffusion` with the prior's ᾱ) for x0 x (B,...), timesteps t (B,),
+        noise ε like x."""
+        return forward_diffusion(x, *alpha_sigma(self.prior.alphas_cumprod, t, x.device), noise)

@@ -52,7 +52,7 @@ class CFDGuidance(SDSGuidance):
         self.noise = SurfaceNoise(self.generator, subsamples=subsamples, voxel_size=voxel_size or None)
         self.reinject = reinject
 
-    def __call__(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
+    def forward(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         x = self.prior.encode_images(rgb)
         t = self.schedule(step, batch.total_steps, x.shape[0]).to(self.prior.alphas_cumprod.device)
         gamma = scheduled_value(self.reinject, step)
@@ -62,11 +62,3 @@ class CFDGuidance(SDSGuidance):
         g = self.grad(x, t, eps.to(x.device, x.dtype), batch)  # λ_t(ε̂_s(α_t(x + λ_t ε̃)) − ε̃)
         extra = {"reinject": gamma} if gamma else {}
         return distillation_output(self, x, g, t, step, extra)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """RNG state plus the noise field ("noise.table", "noise.background", "noise.voxel_size")."""
-        return {**super().state_dict(), **{f"noise.{k}": v for k, v in self.noise.state_dict().items()}}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        super().load_state_dict(state)
-        self.noise.load_state_dict({k[len("noise."):]: v for k, v in state.items() if k.startswith("noise.")})

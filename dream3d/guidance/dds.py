@@ -59,11 +59,9 @@ class DDSGuidance(SDSGuidance):
             x_src = self.prior.encode_images(batch.rgb_source).to(x)
         if x_src.shape != x.shape:
             raise ValueError(f"source {tuple(x_src.shape)} and edited {tuple(x.shape)} images differ in shape")
-        alpha, sigma = self.alpha_sigma(t)
         view = (-1,) + (1,) * (x.dim() - 1)
         # same t and ε for both images: x_t = α x + σ ε and x̃_t = α x̃ + σ ε
-        x_both = alpha.repeat(2).view(view) * torch.cat([x, x_src]) + sigma.repeat(2).view(view) * noise.repeat(
-            (2,) + (1,) * (x.dim() - 1))
+        x_both = self.diffuse(torch.cat([x, x_src]), t.repeat(2), torch.cat([noise, noise]))
         tgt, neg = self.prompts(batch, b)
         enc = self.prior.encode_text
         cond = torch.cat([enc(tgt), enc(self.source_prompts(batch, b))])  # rows: target images, then source images

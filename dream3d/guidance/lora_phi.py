@@ -32,6 +32,8 @@ import torch.nn as nn
 
 from dream3d.cameras import Cameras, camera_features
 from dream3d.errors import ConfigError
+from dream3d.guidance.diffusion import alpha_sigma, forward_diffusion
+from dream3d.guidance.state import TensorState, attach_shared
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 _names = itertools.count()
@@ -55,21 +57,48 @@ def camera_input(cameras: Cameras | None, batch: int, device: torch.device) -> t
     return cameras.c2w.reshape(-1, 16).to(device, torch.float32)
 
 
-class PhiModel:
-    """LoRA + camera embedding on `prior.unet` (see module doc). rank: LoRA rank (alpha = rank); lr: AdamW lr."""
+class OptimizerTensors(TensorState):
+    """An optimizer's per-parameter state as state_dict tensors "<param index>.<key>" (numbers as 0-d tensors)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        super().__init__()
+        self.optimizer = optimizer
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, st in self.optimizer.state_dict()["state"].items():
+            for k, v in st.items():
+                out[f"{i}.{k}"] = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        state: dict[int, dict] = {}
+        for key, v in tensors.items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = v.detach().clone()
+        groups = self.optimizer.state_dict()["param_groups"]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+class PhiModel(TensorState):
+    """LoRA + camera embedding on `prior.unet` (see module doc). rank: LoRA rank (alpha = rank); lr: AdamW lr.
+
+    An `nn.Module` whose state_dict is "lora.<UNet module path>" (the adapter's weights, which live in the shared
+    UNet), "camera.*" (the camera MLP, a submodule) and "opt.<i>.<key>" (AdamW's state); the UNet itself is not
+    a submodule.
+    """
 
     def __init__(self, prior: Any, rank: int = 4, lr: float = 1e-4):
+        super().__init__()
         unet = getattr(prior, "unet", None)
         if unet is None or not hasattr(unet, "add_adapter"):
             raise ConfigError("vsd needs a diffusers prior with a UNet (LoRA is trained on it)")
         if rank < 1:
-            raise ConfigError(f"guidance.vsd_lora_rank must be >= 1; got {rank}")
-        try:
-            from peft import LoraConfig  # optional dependency
-        except ImportError:
-            raise ConfigError("guidance.method=vsd needs peft: pip install 'dream3d[lora]'") from None
+            raise ConfigError(f"guidance.vsd.lora_rank must be >= 1; got {rank}")
+        from peft import LoraConfig  # imported when φ is built: peft loads transformers
 
-        self.prior, self.unet = prior, unet
+        attach_shared(self, "prior", prior)
+        attach_shared(self, "unet", unet)
         self.adapter = f"dream3d_vsd_{next(_names)}"
         with warnings.catch_warnings():  # several φ on one shared UNet are intended (one adapter each)
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")
@@ -85,13 +114,14 @@ class PhiModel:
         self._trainable()
 
         dim = unet.time_embedding.linear_2.out_features
-        self.camera_mlp = nn.Sequential(nn.Linear(16, dim), nn.SiLU(), nn.Linear(dim, dim)).to(prior.device)
-        nn.init.zeros_(self.camera_mlp[2].weight)
-        nn.init.zeros_(self.camera_mlp[2].bias)
+        self.camera = nn.Sequential(nn.Linear(16, dim), nn.SiLU(), nn.Linear(dim, dim)).to(prior.device)
+        nn.init.zeros_(self.camera[2].weight)
+        nn.init.zeros_(self.camera[2].bias)
         self._cam_emb: torch.Tensor | None = None
         self._hook = unet.time_embedding.register_forward_hook(self._add_camera)
-        self.params = [self.lora[k] for k in sorted(self.lora)] + list(self.camera_mlp.parameters())
+        self.params = [self.lora[k] for k in sorted(self.lora)] + list(self.camera.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=lr)
+        self.opt = OptimizerTensors(self.optimizer)
 
     # --- switching the shared UNet between the prior and φ ---------------------------------------------------
     def _add_camera(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
@@ -106,7 +136,7 @@ class PhiModel:
         self.unet.enable_adapters()
         self.unet.set_adapter(self.adapter)
         self._trainable()
-        self._cam_emb = self.camera_mlp(c2w)
+        self._cam_emb = self.camera(c2w)
         try:
             yield
         finally:
@@ -133,14 +163,13 @@ class PhiModel:
         """L_φ (scalar) on detached x0 x (B,C,h,w) at timesteps t (B,) with noise ε' like x; keep (B,) bool: camera
         kept (False: dropped, for camera CFG)."""
         x = x.detach()
-        acp = self.prior.alphas_cumprod[t.to(self.prior.alphas_cumprod.device)].to(x.device)
-        alpha, sigma = acp.sqrt(), (1.0 - acp).sqrt()
-        view = (-1,) + (1,) * (x.dim() - 1)
-        x_t = alpha.view(view) * x + sigma.view(view) * noise  # x_t' = α x + σ ε'
+        alpha, sigma = alpha_sigma(self.prior.alphas_cumprod, t, x.device)
+        x_t = forward_diffusion(x, alpha, sigma, noise)  # x_t' = α x + σ ε'
         keep_f = keep.to(x.device, torch.float32)
         c2w = camera_input(cameras, x.shape[0], x.device) * keep_f[:, None]
         feats = None if cameras is None else camera_features(cameras).to(x.device) * keep_f[:, None]
         err = self.eps(x_t, t, emb, c2w, feats) - noise  # ε-prediction error
+        view = (-1,) + (1,) * (x.dim() - 1)
         err = err * native_error_scale(self.prior.prediction_type, alpha, sigma).view(view)
         return err.square().mean()  # ordinary diffusion loss in the model's parameterization
 
@@ -151,30 +180,19 @@ class PhiModel:
         self.optimizer.step()
 
     # --- checkpoint state -------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """LoRA weights ("lora.<module path>"), camera MLP ("camera.<name>"), AdamW state ("opt.<i>.<key>")."""
-        out = {f"lora.{k}": v.detach() for k, v in self.lora.items()}
-        out.update({f"camera.{k}": v.detach() for k, v in self.camera_mlp.state_dict().items()})
-        for i, st in self.optimizer.state_dict()["state"].items():
-            for k, v in st.items():
-                out[f"opt.{i}.{k}"] = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-        return out
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The LoRA weights, "lora.<module path>" (the camera MLP and AdamW state are the submodules')."""
+        return {f"lora.{k}": v.detach() for k, v in self.lora.items()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = [k for k in self.lora if f"lora.{k}" not in state]
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        lora = {f"lora.{k}": p for k, p in self.lora.items()}
+        missing = [k for k in lora if k not in tensors]
         if missing:
             raise ValueError(f"VSD state lacks {len(missing)} LoRA tensors (e.g. {missing[0]}): other prior?")
         with torch.no_grad():
-            for k, p in self.lora.items():
-                p.copy_(state[f"lora.{k}"].to(p.device, p.dtype))
-        self.camera_mlp.load_state_dict({k[len("camera."):]: v for k, v in state.items() if k.startswith("camera.")})
-        opt_state: dict[int, dict] = {}
-        for key, v in state.items():
-            if key.startswith("opt."):
-                i, name = key[len("opt."):].split(".", 1)
-                opt_state.setdefault(int(i), {})[name] = v.detach().clone()
-        groups = self.optimizer.state_dict()["param_groups"]
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
+            for k, p in lora.items():
+                p.copy_(tensors[k].to(p.device, p.dtype))
+        super().load_state_tensors({k: v for k, v in tensors.items() if k not in lora})
 
     def close(self) -> None:
         """Remove the adapter and the hook from the prior's UNet."""

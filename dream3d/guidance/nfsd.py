@@ -75,9 +75,8 @@ class NFSDGuidance(SDSGuidance):
         """g = w(t)·(δ_D + s·δ_C) (B,C,h,w) for x0 x (B,C,h,w), timesteps t (B,), noise ε like x."""
         x = x.detach()
         b = x.shape[0]
-        alpha, sigma = self.alpha_sigma(t)
         view = (-1,) + (1,) * (x.dim() - 1)
-        x_t = alpha.view(view) * x + sigma.view(view) * noise  # forward diffusion x_t = α x + σ ε
+        x_t = self.diffuse(x, t, noise)  # forward diffusion x_t = α x + σ ε
         cond, _ = self.prompts(batch, b)
         embs = [self.prior.encode_text(cond), self.prior.encode_text([""] * b),
                 self.prior.encode_text([self.negative(batch)] * b)]

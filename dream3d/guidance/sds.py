@@ -56,10 +56,7 @@ class SDSGuidance(Guidance):
                        batch: GuidanceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x_t = α_t x + σ_t ε (forward diffusion of the detached x) and the prior's (ε_c, ε_u) at x_t, from one
         batched UNet call; shapes like x (B,C,h,w)."""
-        x = x.detach()
-        alpha, sigma = self.alpha_sigma(t)
-        view = (-1,) + (1,) * (x.dim() - 1)
-        x_t = alpha.view(view) * x + sigma.view(view) * noise
+        x_t = self.diffuse(x.detach(), t, noise)
         emb_c, emb_u = self.text_embeddings(batch, x.shape[0])
         eps_c, eps_u = predict_branches(self.prior, x_t, t, [emb_c, emb_u], batch.cameras)
         return x_t, eps_c, eps_u
@@ -71,7 +68,7 @@ class SDSGuidance(Guidance):
         w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device)
         return w.view(view) * (cfg_combine(eps_u, eps_c, self.guidance_scale) - noise)
 
-    def __call__(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
+    def forward(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         x = self.prior.encode_images(rgb)
         b = x.shape[0]
         t = self.schedule(step, batch.total_steps, b, self.generator).to(self.prior.alphas_cumprod.device)

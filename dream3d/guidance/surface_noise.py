@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from dream3d.cameras import Cameras, camera_rays
+from dream3d.guidance.state import TensorState
 
 # large primes for the spatial hash (as in instant-NGP's hash encoding; the first is 1 so x keeps its low bits)
 _PRIMES = (1, 2654435761, 805459861)
@@ -51,8 +52,9 @@ def _resize(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(img, size, mode="bilinear", align_corners=False, antialias=shrink)
 
 
-class SurfaceNoise:
-    """A persistent surface-noise field (see module doc).
+class SurfaceNoise(TensorState):
+    """A persistent surface-noise field (see module doc); an `nn.Module` whose state_dict holds "table",
+    "background" (once created) and "voxel_size" (once known).
 
     generator: CPU generator for every draw; subsamples: S; voxel_size: world units (None: automatic);
     table_log2: log2 of the table size; surface_opacity: a sub-pixel is on the surface when its opacity exceeds it.
@@ -60,6 +62,7 @@ class SurfaceNoise:
 
     def __init__(self, generator: torch.Generator, subsamples: int = 8, voxel_size: float | None = None,
                  table_log2: int = 18, surface_opacity: float = 0.5):
+        super().__init__()
         if subsamples < 1:
             raise ValueError(f"subsamples must be >= 1, got {subsamples}")
         self.generator = generator
@@ -89,7 +92,7 @@ class SurfaceNoise:
         self.background = keep * self.background + fresh * torch.randn(self.background.shape,
                                                                         generator=self.generator)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {}
         if self.table is not None:
             out.update(table=self.table, background=self.background)
@@ -97,7 +100,7 @@ class SurfaceNoise:
             out["voxel_size"] = torch.tensor([self.voxel_size], dtype=torch.float64)
         return out
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         if "table" in state:
             self.table = state["table"].detach().to("cpu", torch.float32).clone()
             self.background = state["background"].detach().to("cpu", torch.float32).clone()
@@ -105,7 +108,7 @@ class SurfaceNoise:
             self.voxel_size = float(state["voxel_size"].reshape(-1)[0])
 
     # --- sampling ---------------------------------------------------------------------------------------------
-    def __call__(self, shape: tuple[int, ...], depth: torch.Tensor | None = None,
+    def forward(self, shape: tuple[int, ...], depth: torch.Tensor | None = None,
                  opacity: torch.Tensor | None = None, cameras: Cameras | None = None) -> torch.Tensor:
         """Noise (B,C,h,w) fp32 on the CPU for x0 of `shape` (B,C,h,w).
 

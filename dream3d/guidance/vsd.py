@@ -11,8 +11,8 @@ itself a CFG over the camera: ε̂_φ = ε_φ(c=∅) + s_φ(ε_φ(c) − ε_φ(c
 
 After computing g (with the current φ) the same call trains φ one AdamW step on the detached x (VSD's φ update):
 t' ~ U{0..T−1}, ε' ~ N(0,I), camera zeroed with probability `camera_dropout`, ordinary diffusion loss. So
-`parameters()` is [] (the trainer's optimizer never sees φ) and `state_dict()` holds φ's LoRA, camera MLP and AdamW
-state (tensors only), restored exactly by `load_state_dict`. Per step the generator draws t, ε, then t', ε' and the
+`optimized_parameters()` is [] (the trainer's optimizer never sees φ) and the module's state_dict holds φ's LoRA, camera
+MLP and AdamW state (tensors only, "phi.lora.*", "phi.camera.*", "phi.opt.*"), restored exactly by `load_state_dict`. Per step the generator draws t, ε, then t', ε' and the
 camera-dropout mask. A resumed run is bitwise identical to an uninterrupted one only where φ's backward is
 deterministic: on CPU that means one intra-op thread (OMP_NUM_THREADS=1, as tests/test_trainer.py runs); with several
 threads the UNet's weight-gradient reductions differ in the last bits from run to run, resumed or not.
@@ -103,7 +103,7 @@ class VSDGuidance(SDSGuidance):
             self.phi.step(loss)
         return float(loss.detach())
 
-    def __call__(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
+    def forward(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         x = self.prior.encode_images(rgb)
         t = self.schedule(step, batch.total_steps, x.shape[0], self.generator)
         t = t.to(self.prior.alphas_cumprod.device)
@@ -111,19 +111,6 @@ class VSDGuidance(SDSGuidance):
         g = self.grad(x, t, noise, batch)
         extra = {"lora_loss": self.phi_update(x, batch)} if self.train_phi else {}
         return distillation_output(self, x, g, t, step, extra)
-
-    # --- trainable state --------------------------------------------------------------------------------------
-    def parameters(self) -> list[torch.nn.Parameter]:
-        """[]: φ is trained by VSD's own AdamW inside `__call__`, not by the trainer's optimizer."""
-        return []
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """RNG state plus φ ("phi.lora.*", "phi.camera.*", "phi.opt.*"), all tensors."""
-        return {**super().state_dict(), **{f"phi.{k}": v for k, v in self.phi.state_dict().items()}}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        super().load_state_dict(state)
-        self.phi.load_state_dict({k[len("phi."):]: v for k, v in state.items() if k.startswith("phi.")})
 
     def close(self) -> None:
         """Detach φ from the prior's UNet (removes the LoRA adapter and the time-embedding hook)."""
