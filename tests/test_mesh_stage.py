@@ -46,8 +46,8 @@ def test_mesh_renderer_matches_the_shapes_world(shape):
         chunked = renderer.render_chunked(cams, 48, 48, shading="lambertian")
     for k in ("rgb", "opacity", "depth", "normal"):
         channels = 3 if k in ("rgb", "normal") else 1
-        assert out[k].shape == (3, channels, 48, 48)
-        assert torch.allclose(out[k], chunked[k], atol=1e-5)
+        assert getattr(out, k).shape == (3, channels, 48, 48)
+        assert torch.allclose(getattr(out, k), getattr(chunked, k), atol=1e-5)
     rgb, mask = render_shapes([shape] * 3, ["red"] * 3, cams, 48)
     # the level set is voxelised on a 128^3 grid (±½ step); the exact sdf of the cube scores 0.97 here
     assert silhouette_iou(out.opacity[:, 0] > 0.5, mask[:, 0] > 0.5).min() > 0.93

@@ -196,7 +196,7 @@ def test_grid_skipping_equals_dense_sampling():
         b = skip(cams, 24, 24, shading=shading)
         assert b.n_samples < 0.5 * a.n_samples
         for k in ("rgb", "opacity", "depth"):
-            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(getattr(a, k), getattr(b, k), atol=1e-6, rtol=1e-6)
         assert a.opacity.max() > 0.9
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     skip.train(), dense.train()
@@ -236,7 +236,7 @@ def test_early_stop_drops_hidden_samples_only():
     a, b = full(cams, 24, 24, "lambertian"), pruned(cams, 24, 24, "lambertian")
     assert b.n_samples < 0.6 * a.n_samples  # the samples behind the front faces are gone
     for k in ("rgb", "opacity", "depth", "normal"):
-        torch.testing.assert_close(a[k], b[k], atol=1e-4 * 4, rtol=0)  # depth: T < 1e-4 times t <= 4
+        torch.testing.assert_close(getattr(a, k), getattr(b, k), atol=1e-4 * 4, rtol=0)  # depth: T < 1e-4 times t <= 4
     # alpha_thre is capped by the grid's mean occupancy value (nerfacc's rule): a fresh grid (occs = 0) prunes none
     fresh = VolumeRenderer(field, early_stop_eps=0.0, alpha_thre=0.5, use_occupancy=False).eval()
     dense = VolumeRenderer(field, early_stop_eps=0.0, use_occupancy=False).eval()
@@ -360,7 +360,7 @@ def test_render_chunked_matches_forward_and_jitter_is_seeded():
     full = r(cams, 20, 20, shading="lambertian", with_normal=True)
     chunked = r.render_chunked(cams, 20, 20, shading="lambertian", chunk_rays=97)
     for k in ("rgb", "opacity", "depth", "normal"):
-        torch.testing.assert_close(full[k], chunked[k], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(getattr(full, k), getattr(chunked, k), atol=1e-6, rtol=1e-5)
     assert full.n_samples == chunked.n_samples
     r.train()
     a = r(cams, 20, 20, generator=torch.Generator().manual_seed(7))
