@@ -1,6 +1,6 @@
 """Camera model: the single source of truth for camera ranges, poses, view suffixes and lighting.
 
-Conventions (DESIGN.md §4): world is y-up; cameras are camera-to-world 4x4 matrices in the OpenGL convention
+Conventions: world is y-up; cameras are camera-to-world 4x4 matrices in the OpenGL convention
 (the camera looks down its −z axis, y up) plus a vertical field of view. Azimuth 0 puts the camera on the +z axis
 looking at the object's **front**; azimuth grows towards +x. Angles are in degrees at the API.
 
