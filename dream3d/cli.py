@@ -83,6 +83,7 @@ def run_and_export(cfg, run_dir: Path, label: str = "generate", prior=None) -> i
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from dream3d.config import load_config
+    from dream3d.recipes import config_file
     from dream3d.trainer import default_run_dir, resume_config
 
     texts, a.overrides = split_words(a.words)
@@ -101,7 +102,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         for key, value in (("prior", a.prior), ("seed", a.seed), ("steps", a.steps), ("device", a.device)):
             if value is not None:
                 overrides.append(f"{key}={value}")
-        cfg = load_config(a.config, overrides)
+        cfg = load_config(config_file(a.config), overrides)
         cfg.prompt = a.prompt  # data, never parsed as YAML or interpolated
         if not cfg.prompt.strip():
             raise Dream3DError("the prompt is empty; try for example 'a red cube'")
@@ -113,14 +114,14 @@ def edit_config(source: str | Path, prompt: str, source_prompt: str | None = Non
                 overrides: list[str] | tuple[str, ...] = ()):
     """The RunConfig of a DDS edit of the finished run `source` towards `prompt` (CLI `edit` and the app)."""
     from dream3d.config import load_config
+    from dream3d.recipes import config_file, recipe_path
     from dream3d.trainer import resume_config
 
     source = Path(source)
     src_cfg = resume_config(source)
     if not prompt or not prompt.strip():
         raise Dream3DError("give the target prompt, e.g. dream3d edit RUN_DIR --prompt \"a blue cube\"")
-    edit_yaml = Path(__file__).resolve().parents[1] / "configs" / "dds-edit.yaml"
-    cfg = load_config(config or (edit_yaml if edit_yaml.is_file() else None), overrides, base=src_cfg)
+    cfg = load_config(config_file(config) if config else recipe_path("dds-edit"), overrides, base=src_cfg)
     cfg.guidance.method = "dds"
     cfg.prompt, cfg.name = prompt, ""
     cfg.guidance.source_prompt = source_prompt or src_cfg.prompt
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a 3D asset from a prompt")
     g.add_argument("words", nargs="*", metavar="PROMPT [key=value ...]",
                    help='the text prompt, e.g. "a red cube", then config overrides such as guidance.guidance_scale=7.5')
-    g.add_argument("--config", help="YAML config file (see configs/)")
+    g.add_argument("--config", help="YAML config file, or a shipped recipe's name (e.g. vsd; see configs/)")
     g.add_argument("--prior", help="diffusers folder or hub id (default: the bundled shapes prior)")
     g.add_argument("--out", help="run folder (default: outputs/<prompt>-s<seed>-<time>)")
     g.add_argument("--seed", type=int)
@@ -253,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--prompt", required=True, help="the target prompt")
     ed.add_argument("--source-prompt", help="what the source shows (default: the source run's prompt)")
     ed.add_argument("--steps", type=int)
-    ed.add_argument("--config", help="YAML config (default: configs/dds-edit.yaml)")
+    ed.add_argument("--config", help="YAML config file or recipe name (default: the dds-edit recipe)")
     ed.add_argument("--out", help="the new run folder")
     ed.set_defaults(func=cmd_edit)
 
@@ -261,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("run_dir", help="the NeRF run folder")
     rf.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
     rf.add_argument("--steps", type=int)
-    rf.add_argument("--config", help="YAML config (default: configs/mesh.yaml)")
+    rf.add_argument("--config", help="YAML config file or recipe name (default: the mesh recipe)")
     rf.add_argument("--out", help="the new run folder (default: RUN_DIR-mesh)")
     rf.set_defaults(func=cmd_refine)
 

@@ -1,6 +1,6 @@
 """`dream3d refine`: the mesh stage's run config, made from a finished NeRF run.
 
-The mesh stage's config is the NeRF run's config <- `configs/mesh.yaml` (or `--config FILE`) <- the NeRF run's
+The mesh stage's config is the NeRF run's config <- `configs/mesh.yaml` (or `--config FILE|RECIPE`) <- the NeRF run's
 `mesh.refine_overrides` <- command-line `key=value` overrides <- `--steps` (else the NeRF run's
 `mesh.refine_steps` when set), with `stage: mesh` and `init_from` = the NeRF run. Its run folder defaults to
 `<NeRF run>-mesh`, next to the NeRF run (a fixed name, so that an interrupted two-stage run resumes there).
@@ -13,11 +13,10 @@ from pathlib import Path
 from dream3d.checkpoint import find_checkpoint
 from dream3d.config import RunConfig, load_config
 from dream3d.errors import Dream3DError
+from dream3d.recipes import config_file, recipe_path
 
-MESH_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "mesh.yaml"
 
-
-def mesh_stage_config(source: str | Path, config_file: str | Path | None = None, overrides: list[str] = (),
+def mesh_stage_config(source: str | Path, config: str | Path | None = None, overrides: list[str] = (),
                       steps: int | None = None) -> RunConfig:
     """The mesh-stage RunConfig refining the finished NeRF run folder `source` (see module doc)."""
     from dream3d.trainer import resume_config
@@ -28,7 +27,7 @@ def mesh_stage_config(source: str | Path, config_file: str | Path | None = None,
         raise Dream3DError(f"{source} is a {src.stage} run; dream3d refine starts from a NeRF run")
     if find_checkpoint(source / "checkpoint") is None:
         raise Dream3DError(f"{source} has no checkpoint yet; finish (or resume) the NeRF run first")
-    recipe = config_file or (MESH_RECIPE if MESH_RECIPE.is_file() else None)
+    recipe = config_file(config) if config else recipe_path("mesh")
     over = [*src.mesh.refine_overrides, *overrides, "mesh.refine_steps=0", "mesh.refine_overrides=[]"]
     if steps is not None:
         over.append(f"steps={steps}")
