@@ -27,6 +27,7 @@ import torch
 from dream3d.cameras import make_cameras
 from dream3d.config import load_config
 from dream3d.errors import Dream3DError
+from dream3d.recipes import config_file, recipe_path
 from dream3d.shapes.metrics import chamfer_to_shape, volume_iou
 from dream3d.shapes.primitives import SHAPES, grid_points, occupancy
 from dream3d.shapes.prompts import make_prompt, parse_prompt
@@ -108,9 +109,7 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
     done = {(r["method"], r.get("stage", "nerf"), r["prompt"], r["seed"], r.get("steps")) for r in rows}
     prior = None
     for method in methods:
-        cfg_file = config or (Path(__file__).resolve().parents[1] / "configs" / f"{method}.yaml")
-        if not Path(cfg_file).is_file():
-            cfg_file = None
+        cfg_file = config_file(config) if config else recipe_path(method)
         for prompt, sp in zip(prompts, parsed):
             for seed in seeds:
                 if all((method, st, prompt, seed, steps) in done for st in stages):

@@ -40,6 +40,7 @@ def run_and_export(cfg: RunConfig, run: RunFolder, label: str = "generate") -> i
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from dream3d.config import load_config
+    from dream3d.recipes import config_file
     from dream3d.run_folder import RunFolder, default_run_dir
 
     texts, a.overrides = split_words(a.words)
@@ -58,7 +59,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         for key, value in (("prior", a.prior), ("seed", a.seed), ("steps", a.steps), ("device", a.device)):
             if value is not None:
                 overrides.append(f"{key}={value}")
-        cfg = load_config(a.config, overrides)
+        cfg = load_config(config_file(a.config), overrides)
         cfg.prompt = a.prompt  # data, never parsed as YAML or interpolated
         if not cfg.prompt.strip():
             raise Dream3DError("the prompt is empty; try for example 'a red cube'")
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a 3D asset from a prompt")
     g.add_argument("words", nargs="*", metavar="PROMPT [key=value ...]",
                    help='the text prompt, e.g. "a red cube", then config overrides such as guidance.guidance_scale=7.5')
-    g.add_argument("--config", help="YAML config file (see configs/)")
+    g.add_argument("--config", help="YAML config file, or a shipped recipe's name (e.g. vsd; see configs/)")
     g.add_argument("--prior", help="diffusers folder or hub id (default: the bundled shapes prior)")
     g.add_argument("--out", help="run folder (default: outputs/<prompt>-s<seed>-<time>)")
     g.add_argument("--seed", type=int)
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--prompt", required=True, help="the target prompt")
     ed.add_argument("--source-prompt", help="what the source shows (default: the source run's prompt)")
     ed.add_argument("--steps", type=int)
-    ed.add_argument("--config", help="YAML config (default: configs/dds-edit.yaml)")
+    ed.add_argument("--config", help="YAML config file or recipe name (default: the dds-edit recipe)")
     ed.add_argument("--out", help="the new run folder")
     ed.set_defaults(func=cmd_edit)
 
@@ -202,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("run_dir", help="the NeRF run folder")
     rf.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
     rf.add_argument("--steps", type=int)
-    rf.add_argument("--config", help="YAML config (default: configs/mesh.yaml)")
+    rf.add_argument("--config", help="YAML config file or recipe name (default: the mesh recipe)")
     rf.add_argument("--out", help="the new run folder (default: RUN_DIR-mesh)")
     rf.set_defaults(func=cmd_refine)
 

@@ -13,8 +13,8 @@ import yaml
 
 from dream3d.config import RunConfig, apply_yaml_text, load_config
 from dream3d.errors import ConfigError, PromptError
+from dream3d.recipes import recipe_names, recipe_path
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 EDITOR_HELP = """\
 # Advanced settings: YAML applied on top of the method's recipe (configs/<method>.yaml) and checked against the
 # schema (dream3d/config.py, every key spelled out in configs/cpu-default.yaml). The fields above win over this.
@@ -26,10 +26,10 @@ EDIT_EDITOR_HELP = EDITOR_HELP.replace("the method's recipe (configs/<method>.ya
                                       "the source run's config and configs/dds-edit.yaml")
 
 
-def methods() -> dict[str, Path | None]:
-    """Generation methods and their recipe files: configs/*.yaml whose guidance.method is not the editing one."""
-    found: dict[str, Path | None] = {}
-    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+def methods() -> dict[str, Path]:
+    """Generation methods and their recipe files: the shipped recipes named after their guidance.method (not dds)."""
+    found: dict[str, Path] = {}
+    for path in map(recipe_path, recipe_names()):
         try:
             method = (yaml.safe_load(path.read_text()) or {}).get("guidance", {}).get("method")
         except (yaml.YAMLError, AttributeError):
@@ -37,8 +37,6 @@ def methods() -> dict[str, Path | None]:
         if method and method != "dds" and path.stem == method:
             found[method] = path
     order = ["sds", "vsd", "nfsd", "ssd", "cfd"]
-    for m in order:  # methods whose recipe file is missing (installed package) run with the schema defaults
-        found.setdefault(m, None)
     return dict(sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
@@ -54,8 +52,7 @@ def method_config(method: str) -> RunConfig:
 
 def edit_defaults() -> tuple[int, float]:
     """(steps, DDS guidance scale) of configs/dds-edit.yaml: the Edit tab's defaults."""
-    path = CONFIG_DIR / "dds-edit.yaml"
-    cfg = load_config(path if path.is_file() else None)
+    cfg = load_config(recipe_path("dds-edit"))
     return cfg.steps, cfg.guidance.guidance_scale
 
 

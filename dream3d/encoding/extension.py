@@ -1,7 +1,8 @@
 """Builds and loads our C++ (CPU) and CUDA hash-grid kernels with `torch.utils.cpp_extension.load`.
 
-Built on first use into `$DREAM3D_EXT_CACHE` (default `~/.cache/dream3d/extensions`) and cached there by torch
-(rebuilt only when a source or flag changes). `DREAM3D_NO_EXT=1` disables building. A failed build logs one line
+The sources are the installed package data `dream3d.extensions` (the repository's `extensions/`, see
+dream3d.recipes), or `$DREAM3D_EXT_SRC`. Built on first use into `$DREAM3D_EXT_CACHE` (default
+`~/.cache/dream3d/extensions`) and cached there by torch (rebuilt only when a source or flag changes). `DREAM3D_NO_EXT=1` disables building. A failed build logs one line
 and returns None, so callers fall back to the torch reference.
 """
 
@@ -13,6 +14,8 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from dream3d.recipes import kernel_source_dir
+
 logger = logging.getLogger("dream3d")
 
 _lock = threading.Lock()
@@ -21,9 +24,9 @@ _errors: dict[str, str] = {}
 
 
 def source_dir() -> Path:
-    """Folder of the kernel sources: `$DREAM3D_EXT_SRC` or `<repo>/extensions/hashgrid`."""
+    """Folder of the hash-grid kernel sources: `$DREAM3D_EXT_SRC`, else the installed `dream3d.extensions`."""
     env = os.environ.get("DREAM3D_EXT_SRC")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "extensions" / "hashgrid"
+    return Path(env) if env else kernel_source_dir("hashgrid")
 
 
 def cache_dir() -> Path:

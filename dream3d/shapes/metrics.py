@@ -15,7 +15,7 @@ import functools
 import torch
 
 from dream3d.cameras import Cameras, make_cameras, sample_cameras
-from dream3d.shapes.primitives import COLORS, SHAPES, grid_points, occupancy, sdf
+from dream3d.shapes.primitives import COLORS, SHAPES, grid_points, sdf
 from dream3d.shapes.render import render_shapes
 
 FOREGROUND_THRESHOLD = 0.12  # max channel difference from white
@@ -123,7 +123,3 @@ def surface_samples(shape: str, n: int, generator: torch.Generator | None = None
         pts = pts - dist[:, None] * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     idx = torch.randperm(pts.shape[0], generator=generator)[:n]
     return pts[idx]
-
-
-def true_occupancy(shape: str, resolution: int, bound: float = 1.0) -> torch.Tensor:
-    return occupancy(shape, resolution, bound)

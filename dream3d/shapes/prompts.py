@@ -64,8 +64,3 @@ def parse_prompt(text: str) -> ShapePrompt:
     if len(colors) != 1 or len(shapes) != 1:
         raise PromptError(f"a shapes-world prompt names one color and one shape, like 'a red cube'; got {text!r}")
     return ShapePrompt(colors[0], shapes[0], view)
-
-
-def all_prompts() -> list[ShapePrompt]:
-    """Every (color, shape) pair without a view suffix."""
-    return [ShapePrompt(c, s) for s in SHAPES for c in COLORS]

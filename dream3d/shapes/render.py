@@ -72,11 +72,3 @@ def render_shapes(shapes: list[str], colors: list[str] | torch.Tensor, cams: Cam
         rgb = F.avg_pool2d(rgb, supersample)
         mask = F.avg_pool2d(mask, supersample)
     return rgb.clamp(0, 1), mask
-
-
-def random_scenes(batch: int, generator: torch.Generator | None = None) -> tuple[list[str], list[str]]:
-    """Uniformly random (shape, color) names for a batch."""
-    shape_names, color_names = list(SHAPES), list(COLORS)
-    si = torch.randint(len(shape_names), (batch,), generator=generator).tolist()
-    ci = torch.randint(len(color_names), (batch,), generator=generator).tolist()
-    return [shape_names[i] for i in si], [color_names[i] for i in ci]
