@@ -172,11 +172,8 @@ def _device(name: str) -> str:
 
 
 # --- parser ----------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dream3d", description="Text to 3D by score distillation.")
-    p.add_argument("-v", "--verbose", action="store_true", help="log backend choices and details")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_run_commands(sub) -> None:
+    """generate, edit, refine, export."""
     g = sub.add_parser("generate", help="generate a 3D asset from a prompt")
     g.add_argument("words", nargs="*", metavar="PROMPT [key=value ...]",
                    help='the text prompt, e.g. "a red cube", then config overrides such as guidance.guidance_scale=7.5')
@@ -215,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-turntable", action="store_true", help="skip the turntable video")
     e.set_defaults(func=cmd_export)
 
+
+def _add_prior_commands(sub) -> None:
+    """prior train | sample | eval."""
     pr = sub.add_parser("prior", help="train, sample or evaluate the bundled shapes prior").add_subparsers(
         dest="prior_command", required=True)
     t = pr.add_parser("train", help="train the shapes prior (resumes from OUT/train_state)")
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--grid", default=None, help="also save all samples as a PNG grid")
     ev.set_defaults(func=cmd_prior_eval)
 
+
+def _add_bench_commands(sub) -> None:
+    """bench hashgrid | shapes."""
     b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     h = b.add_parser("hashgrid", help="hash-grid encoding speed per backend")
     h.add_argument("--points", type=int, default=2**18)
@@ -272,6 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
     sh.set_defaults(func=cmd_bench_shapes)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dream3d", description="Text to 3D by score distillation.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log backend choices and details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_run_commands(sub)
+    _add_prior_commands(sub)
+    _add_bench_commands(sub)
     from dream3d.batch.command import add_batch_parser  # dream3d batch (see dream3d/batch/)
     add_batch_parser(sub)
     return p
