@@ -97,31 +97,35 @@ def loss_frame(losses: list[tuple[int, float]]):
                          "loss": pd.Series([r[1] for r in rows], dtype="float64")})
 
 
-def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None, poll_seconds: float = 0.5):
-    """The Blocks (not launched). `outputs`: the runs folder; `manager`: the run manager (default: one run per
-    device, 8 waiting)."""
-    outputs = Path(outputs)
-    manager = manager or RunManager(run_job)
-    serve = FileServer()
-    method_table = forms.methods()
+class Handlers:
+    """The page's event handlers over one runs folder, run manager and file server."""
 
+    def __init__(self, outputs: Path, manager: RunManager, serve: FileServer, poll_seconds: float) -> None:
+        self.outputs = outputs
+        self.manager = manager
+        self.serve = serve
+        self.poll_seconds = poll_seconds
+
+    @staticmethod
     def owner_of(request: gr.Request | None) -> str:
+        """The page session a request comes from ("" when unknown)."""
         return getattr(request, "session_hash", None) or ""
 
     # --- following a job ---------------------------------------------------------------------------------------
-    def follow(job):
+    def follow(self, job):
         """Yield (status, preview, loss, glb, obj, config, video) while the job runs, then its results."""
+        serve = self.serve
         last_preview, last_n, first = None, -1, True
         while not job.done_event.is_set():
             snap = job.snapshot()
-            status = job_html(job, snap, manager.position(job))
+            status = job_html(job, snap, self.manager.position(job))
             preview = serve(snap["preview"]) if snap["preview"] != last_preview else gr.skip()
             loss = loss_frame(snap["loss"]) if len(snap["loss"]) != last_n else gr.skip()
             last_preview, last_n = snap["preview"], len(snap["loss"])
             results = [None] * 4 if first else [gr.skip()] * 4  # a new run clears the previous results
             first = False
             yield status, preview, loss, *results
-            job.done_event.wait(poll_seconds)
+            job.done_event.wait(self.poll_seconds)
         snap = job.snapshot()
         status = job_html(job, snap, 0)
         if not RunFolder(job.run_dir).is_run():  # failed before the run folder was written
@@ -131,52 +135,59 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
         yield (status, serve(info.preview), loss_frame(snap["loss"]), serve(info.glb), serve(info.obj_zip),
                serve(info.config), serve(info.video))
 
-    def failed(message: str):
+    @staticmethod
+    def failed(message: str) -> tuple:
+        """The streamed outputs of a run that could not start: the error line and empty results."""
         return error_html(message), None, loss_frame([]), None, None, None, None
 
-    def start(kind: str, cfg, request):
-        owner = owner_of(request)
-        if owner and manager.active(owner, kind):
+    def start(self, kind: str, cfg, request):
+        """Submit a job of `kind` for this page into a fresh run folder; one running job per page and kind."""
+        owner = self.owner_of(request)
+        if owner and self.manager.active(owner, kind):
             raise Dream3DError(f"a {'generation' if kind == 'generate' else 'edit'} from this page is still "
                                "running; stop it or wait for it to finish")
-        run_dir = reserve_run_dir(default_run_dir(cfg, outputs).path)
+        run_dir = reserve_run_dir(default_run_dir(cfg, self.outputs).path)
         try:
-            return manager.submit(kind, cfg, run_dir, owner=owner)
+            return self.manager.submit(kind, cfg, run_dir, owner=owner)
         except Dream3DError:
             run_dir.rmdir()
             raise
 
     # --- handlers ----------------------------------------------------------------------------------------------
-    def generate(prompt, method, prior, steps, seed, guidance_scale, config_text, request: gr.Request = None):
+    def generate(self, prompt, method, prior, steps, seed, guidance_scale, config_text, request: gr.Request = None):
         """Start a generation and stream its progress; ends with the result files (GLB, OBJ zip, config, video)."""
         try:
             cfg = forms.generate_config(prompt, method, prior, steps, seed, guidance_scale, config_text)
-            job = start("generate", cfg, request)
+            job = self.start("generate", cfg, request)
         except Dream3DError as e:
-            yield failed(str(e))
+            yield self.failed(str(e))
             return
-        yield from follow(job)
+        yield from self.follow(job)
 
-    def edit(source, prompt, source_prompt, steps, guidance_scale, config_text, request: gr.Request = None):
+    def edit(self, source, prompt, source_prompt, steps, guidance_scale, config_text, request: gr.Request = None):
         """Start a DDS edit of a finished run and stream it like a generation."""
         try:
             if not source:
                 raise Dream3DError("choose the run to edit (the list holds finished runs; refresh it if needed)")
-            cfg = forms.edit_config_from_form(resolve_run(outputs, source), prompt, source_prompt, steps,
+            cfg = forms.edit_config_from_form(resolve_run(self.outputs, source), prompt, source_prompt, steps,
                                               guidance_scale, config_text)
-            job = start("edit", cfg, request)
+            job = self.start("edit", cfg, request)
         except Dream3DError as e:
-            yield failed(str(e))
+            yield self.failed(str(e))
             return
-        yield from follow(job)
+        yield from self.follow(job)
 
-    def stopper(kind: str):
+    def stopper(self, kind: str):
+        """The Stop handler for jobs of `kind`."""
+        manager, owner_of = self.manager, self.owner_of
+
         def stop(request: gr.Request = None) -> None:
             """Stop this page's running (or waiting) run; it keeps its checkpoint and export."""
             for job in manager.active(owner_of(request), kind):
                 manager.stop(job)
         return stop
 
+    @staticmethod
     def check_config(method, prior, steps, seed, guidance_scale, config_text) -> str:
         """Validate the generation settings against the schema (the prompt is not needed)."""
         try:
@@ -185,32 +196,37 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
             return error_html(str(e))
         return info_html(f"config OK: {forms.describe(cfg)}", "ok")
 
+    @staticmethod
     def method_scale(method):
+        """The default guidance scale of `method` (left as it is for an unknown method)."""
         try:
             return forms.method_config(method).guidance.guidance_scale
         except Dream3DError:
             return gr.skip()
 
-    def refresh():
+    def refresh(self):
         """Gallery items, their run names, and the choices of the run pickers."""
-        runs = list_runs(outputs)
+        runs = list_runs(self.outputs)
         shown = [r for r in runs if r.thumbnail is not None]
-        items = [(serve(r.thumbnail), r.caption) for r in shown]
+        items = [(self.serve(r.thumbnail), r.caption) for r in shown]
         all_choices = [(f"{r.name} — {r.caption}", r.name) for r in runs]
         editable = [(f"{r.name} — {r.caption}", r.name) for r in runs
                     if r.state in (DONE, STOPPED) and r.step > 0 and r.has_checkpoint]
         return (items, [r.name for r in shown], gr.Dropdown(choices=all_choices),
                 gr.Dropdown(choices=editable))
 
+    @staticmethod
     def pick(names, evt: gr.SelectData):
+        """The run name of the clicked gallery item."""
         return names[evt.index] if evt is not None and 0 <= evt.index < len(names) else gr.skip()
 
-    def open_run(name):
+    def open_run(self, name):
         """A past run's status, preview, loss curve, GLB (viewer and download), OBJ zip, config and turntable."""
+        serve = self.serve
         if not name:
             return info_html("choose a run"), None, None, None, None, None, None, None
         try:
-            run_dir = resolve_run(outputs, name)
+            run_dir = resolve_run(self.outputs, name)
         except Dream3DError as e:
             return error_html(str(e)), None, None, None, None, None, None, None
         info = read_run(run_dir)
@@ -218,6 +234,15 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
                 + ("" if info.glb else " · no export yet"))
         return (info_html(text, info.state), serve(info.preview), loss_frame(read_losses(run_dir)), serve(info.glb),
                 serve(info.glb), serve(info.obj_zip), serve(info.config), serve(info.video))
+
+
+def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None, poll_seconds: float = 0.5):
+    """The Blocks (not launched). `outputs`: the runs folder; `manager`: the run manager (default: one run per
+    device, 8 waiting)."""
+    outputs = Path(outputs)
+    manager = manager or RunManager(run_job)
+    h = Handlers(outputs, manager, FileServer(), poll_seconds)
+    method_table = forms.methods()
 
     # --- layout ------------------------------------------------------------------------------------------------
     def panel(prefix: str) -> Panel:
@@ -297,31 +322,32 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
 
         # --- wiring ----------------------------------------------------------------------------------------------
         private = dict(api_visibility="private")
+        refresh = h.refresh
         refresh_outputs = [gallery, names, choice, source]
         show_model = dict(fn=lambda f: f, **private)
 
         gen_inputs = [prompt, method, prior, steps, seed, scale, editor]
         (run_btn.click(lambda: None, outputs=gen.model, queue=False, **private)
-            .then(generate, gen_inputs, gen.streamed, api_name="generate", concurrency_limit=None,
+            .then(h.generate, gen_inputs, gen.streamed, api_name="generate", concurrency_limit=None,
                   show_progress="hidden")
             .then(inputs=gen.glb, outputs=gen.model, **show_model)
             .then(refresh, outputs=refresh_outputs, **private))
-        stop_btn.click(stopper("generate"), outputs=None, api_name="stop", concurrency_limit=None)
-        check_btn.click(check_config, [method, prior, steps, seed, scale, editor], gen.status,
+        stop_btn.click(h.stopper("generate"), outputs=None, api_name="stop", concurrency_limit=None)
+        check_btn.click(h.check_config, [method, prior, steps, seed, scale, editor], gen.status,
                         api_name="check_config")
-        method.change(method_scale, method, scale, **private)
+        method.change(h.method_scale, method, scale, **private)
 
         edit_inputs = [source, target, source_prompt, edit_steps, edit_scale, edit_editor]
         (edit_btn.click(lambda: None, outputs=ed.model, queue=False, **private)
-            .then(edit, edit_inputs, ed.streamed, api_name="edit", concurrency_limit=None, show_progress="hidden")
+            .then(h.edit, edit_inputs, ed.streamed, api_name="edit", concurrency_limit=None, show_progress="hidden")
             .then(inputs=ed.glb, outputs=ed.model, **show_model)
             .then(refresh, outputs=refresh_outputs, **private))
-        edit_stop.click(stopper("edit"), outputs=None, api_name="stop_edit", concurrency_limit=None)
+        edit_stop.click(h.stopper("edit"), outputs=None, api_name="stop_edit", concurrency_limit=None)
         edit_refresh.click(refresh, outputs=refresh_outputs, **private)
 
         refresh_btn.click(refresh, outputs=refresh_outputs, api_name="runs")
-        gallery.select(pick, names, choice, **private)
-        choice.change(open_run, choice, [shown.status, shown.preview, shown.loss, shown.model, shown.glb, shown.obj,
+        gallery.select(h.pick, names, choice, **private)
+        choice.change(h.open_run, choice, [shown.status, shown.preview, shown.loss, shown.model, shown.glb, shown.obj,
                                          shown.config, shown.video], api_name="open_run")
         demo.load(refresh, outputs=refresh_outputs, **private)
     demo.run_manager = manager  # for tests and shutdown
