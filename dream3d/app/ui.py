@@ -236,6 +236,178 @@ class Handlers:
                 serve(info.glb), serve(info.obj_zip), serve(info.config), serve(info.video))
 
 
+# --- layout ----------------------------------------------------------------------------------------------------
+@dataclass
+class GenerateTab:
+    """The inputs and buttons of the Generate tab, and its panel."""
+
+    prompt: Any
+    method: Any
+    prior: Any
+    steps: Any
+    seed: Any
+    scale: Any
+    editor: Any
+    check_btn: Any
+    run_btn: Any
+    stop_btn: Any
+    panel: Panel
+
+
+@dataclass
+class EditTab:
+    """The inputs and buttons of the Edit tab, and its panel."""
+
+    source: Any
+    refresh_btn: Any
+    target: Any
+    source_prompt: Any
+    steps: Any
+    scale: Any
+    editor: Any
+    edit_btn: Any
+    stop_btn: Any
+    panel: Panel
+
+
+@dataclass
+class GalleryTab:
+    """The run picker, gallery and run names of the Gallery tab, and its panel."""
+
+    choice: Any
+    refresh_btn: Any
+    gallery: Any
+    names: Any
+    panel: Panel
+
+
+def panel(prefix: str) -> Panel:
+    """The status line, preview, loss plot, 3-D viewer, turntable and result files; elem_ids start with `prefix`."""
+    status = gr.HTML(elem_id=f"{prefix}-status")
+    with gr.Row():
+        preview = gr.Image(label="Preview (4 views around the object)", type="filepath", interactive=False,
+                           elem_id=f"{prefix}-preview", height=200)
+        loss = gr.LinePlot(x="step", y="loss", label="Loss", elem_id=f"{prefix}-loss", height=200,
+                           y_axis_format=".3~s")  # short tick labels: 1.5k
+    with gr.Row():
+        model = gr.Model3D(label="3D model (GLB)", elem_id=f"{prefix}-model3d", clear_color=(1, 1, 1, 1),
+                           height=360)
+        video = gr.Video(label="Turntable", elem_id=f"{prefix}-video", interactive=False, loop=True, height=360)
+    with gr.Row():
+        glb = gr.File(label="GLB", elem_id=f"{prefix}-glb", interactive=False)
+        obj = gr.File(label="OBJ (zip: mesh, material, texture)", elem_id=f"{prefix}-obj", interactive=False)
+        config = gr.File(label="Config (YAML)", elem_id=f"{prefix}-config", interactive=False)
+    return Panel(status, preview, loss, model, video, glb, obj, config)
+
+
+def generate_tab(method_names: list[str]) -> GenerateTab:
+    """The Generate tab: prompt, method, prior, steps, seed, guidance scale, YAML editor, buttons, and its panel."""
+    with gr.Tab("Generate", id="generate"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", placeholder="a red cube", elem_id="prompt")
+                method = gr.Dropdown(choices=method_names, value="sds", label="Method", elem_id="method")
+                prior = gr.Textbox(label="Prior", placeholder="bundled (leave empty), or a hub id or a "
+                                   "local diffusers folder", elem_id="prior")
+                with gr.Row():
+                    sds_defaults = forms.method_config("sds")
+                    steps = gr.Number(value=sds_defaults.steps, precision=0, label="Steps", elem_id="steps")
+                    seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                    scale = gr.Number(value=sds_defaults.guidance.guidance_scale, label="Guidance scale",
+                                      elem_id="scale")
+                with gr.Accordion("Advanced config (YAML)", open=False, elem_id="advanced"):
+                    editor = gr.Code(value=forms.EDITOR_HELP, language="yaml", elem_id="config-editor")
+                    check_btn = gr.Button("Check config", elem_id="check-btn", size="sm")
+                with gr.Row():
+                    run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+            with gr.Column(scale=2):
+                gen = panel("gen")
+    return GenerateTab(prompt, method, prior, steps, seed, scale, editor, check_btn, run_btn, stop_btn, gen)
+
+
+def edit_tab() -> EditTab:
+    """The Edit tab: run to edit, target and source prompts, steps, guidance scale, YAML editor, buttons, panel."""
+    with gr.Tab("Edit", id="edit"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                with gr.Row():
+                    source = gr.Dropdown(label="Run to edit (finished runs)", choices=[], scale=4,
+                                         allow_custom_value=True, elem_id="edit-source")
+                    edit_refresh = gr.Button("↻", elem_id="edit-refresh", scale=1, min_width=40)
+                target = gr.Textbox(label="Target prompt", placeholder="a blue cube", elem_id="edit-prompt")
+                source_prompt = gr.Textbox(label="Source prompt (default: the run's prompt)",
+                                           elem_id="edit-source-prompt")
+                with gr.Row():
+                    default_steps, default_scale = forms.edit_defaults()
+                    edit_steps = gr.Number(value=default_steps, precision=0, label="Steps", elem_id="edit-steps")
+                    edit_scale = gr.Number(value=default_scale, label="Guidance scale", elem_id="edit-scale")
+                with gr.Accordion("Advanced config (YAML)", open=False, elem_id="edit-advanced"):
+                    edit_editor = gr.Code(value=forms.EDIT_EDITOR_HELP, language="yaml",
+                                          elem_id="edit-config-editor")
+                with gr.Row():
+                    edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-btn")
+                    edit_stop = gr.Button("Stop", variant="stop", elem_id="edit-stop-btn")
+            with gr.Column(scale=2):
+                ed = panel("edit")
+    return EditTab(source, edit_refresh, target, source_prompt, edit_steps, edit_scale, edit_editor, edit_btn,
+                   edit_stop, ed)
+
+
+def gallery_tab() -> GalleryTab:
+    """The Gallery tab: run picker, refresh button, gallery of past runs (with their names as state), panel."""
+    with gr.Tab("Gallery", id="gallery"):
+        with gr.Row():
+            choice = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=True, elem_id="open-run",
+                                 scale=4)
+            refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh", scale=1)
+        gallery = gr.Gallery(label="Past runs (newest first; click one to open it)", columns=5, height="auto",
+                             object_fit="contain", allow_preview=False, elem_id="gallery")
+        names = gr.State([])
+        shown = panel("open")
+    return GalleryTab(choice, refresh_btn, gallery, names, shown)
+
+
+# --- wiring ----------------------------------------------------------------------------------------------------
+PRIVATE = dict(api_visibility="private")
+
+
+def wire_run(button: Any, handler: Any, inputs: list, shown: Panel, api_name: str, show_model: dict,
+             refresh: Any, refresh_outputs: list) -> None:
+    """Chain a run button: clear the viewer, stream the run (`api_name`), show its GLB, refresh the run lists."""
+    (button.click(lambda: None, outputs=shown.model, queue=False, **PRIVATE)
+        .then(handler, inputs, shown.streamed, api_name=api_name, concurrency_limit=None, show_progress="hidden")
+        .then(inputs=shown.glb, outputs=shown.model, **show_model)
+        .then(refresh, outputs=refresh_outputs, **PRIVATE))
+
+
+def wire_generate(tab: GenerateTab, h: Handlers, show_model: dict, refresh: Any, refresh_outputs: list) -> None:
+    """Events of the Generate tab: generate, stop, check config, and the method's default guidance scale."""
+    inputs = [tab.prompt, tab.method, tab.prior, tab.steps, tab.seed, tab.scale, tab.editor]
+    wire_run(tab.run_btn, h.generate, inputs, tab.panel, "generate", show_model, refresh, refresh_outputs)
+    tab.stop_btn.click(h.stopper("generate"), outputs=None, api_name="stop", concurrency_limit=None)
+    tab.check_btn.click(h.check_config, [tab.method, tab.prior, tab.steps, tab.seed, tab.scale, tab.editor],
+                        tab.panel.status, api_name="check_config")
+    tab.method.change(h.method_scale, tab.method, tab.scale, **PRIVATE)
+
+
+def wire_edit(tab: EditTab, h: Handlers, show_model: dict, refresh: Any, refresh_outputs: list) -> None:
+    """Events of the Edit tab: edit, stop, and refreshing the run lists."""
+    inputs = [tab.source, tab.target, tab.source_prompt, tab.steps, tab.scale, tab.editor]
+    wire_run(tab.edit_btn, h.edit, inputs, tab.panel, "edit", show_model, refresh, refresh_outputs)
+    tab.stop_btn.click(h.stopper("edit"), outputs=None, api_name="stop_edit", concurrency_limit=None)
+    tab.refresh_btn.click(refresh, outputs=refresh_outputs, **PRIVATE)
+
+
+def wire_gallery(tab: GalleryTab, h: Handlers, refresh: Any, refresh_outputs: list) -> None:
+    """Events of the Gallery tab: refresh, pick a run from the gallery, open the chosen run."""
+    tab.refresh_btn.click(refresh, outputs=refresh_outputs, api_name="runs")
+    tab.gallery.select(h.pick, tab.names, tab.choice, **PRIVATE)
+    shown = tab.panel
+    tab.choice.change(h.open_run, tab.choice, [shown.status, shown.preview, shown.loss, shown.model, shown.glb,
+                                               shown.obj, shown.config, shown.video], api_name="open_run")
+
+
 def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None, poll_seconds: float = 0.5):
     """The Blocks (not launched). `outputs`: the runs folder; `manager`: the run manager (default: one run per
     device, 8 waiting)."""
@@ -244,112 +416,21 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
     h = Handlers(outputs, manager, FileServer(), poll_seconds)
     method_table = forms.methods()
 
-    # --- layout ------------------------------------------------------------------------------------------------
-    def panel(prefix: str) -> Panel:
-        status = gr.HTML(elem_id=f"{prefix}-status")
-        with gr.Row():
-            preview = gr.Image(label="Preview (4 views around the object)", type="filepath", interactive=False,
-                               elem_id=f"{prefix}-preview", height=200)
-            loss = gr.LinePlot(x="step", y="loss", label="Loss", elem_id=f"{prefix}-loss", height=200,
-                               y_axis_format=".3~s")  # short tick labels: 1.5k
-        with gr.Row():
-            model = gr.Model3D(label="3D model (GLB)", elem_id=f"{prefix}-model3d", clear_color=(1, 1, 1, 1),
-                               height=360)
-            video = gr.Video(label="Turntable", elem_id=f"{prefix}-video", interactive=False, loop=True, height=360)
-        with gr.Row():
-            glb = gr.File(label="GLB", elem_id=f"{prefix}-glb", interactive=False)
-            obj = gr.File(label="OBJ (zip: mesh, material, texture)", elem_id=f"{prefix}-obj", interactive=False)
-            config = gr.File(label="Config (YAML)", elem_id=f"{prefix}-config", interactive=False)
-        return Panel(status, preview, loss, model, video, glb, obj, config)
-
     with gr.Blocks(title="dream3d", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        prompt = gr.Textbox(label="Prompt", placeholder="a red cube", elem_id="prompt")
-                        method = gr.Dropdown(choices=list(method_table), value="sds", label="Method",
-                                             elem_id="method")
-                        prior = gr.Textbox(label="Prior", placeholder="bundled (leave empty), or a hub id or a "
-                                           "local diffusers folder", elem_id="prior")
-                        with gr.Row():
-                            sds_defaults = forms.method_config("sds")
-                            steps = gr.Number(value=sds_defaults.steps, precision=0, label="Steps", elem_id="steps")
-                            seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
-                            scale = gr.Number(value=sds_defaults.guidance.guidance_scale, label="Guidance scale",
-                                              elem_id="scale")
-                        with gr.Accordion("Advanced config (YAML)", open=False, elem_id="advanced"):
-                            editor = gr.Code(value=forms.EDITOR_HELP, language="yaml", elem_id="config-editor")
-                            check_btn = gr.Button("Check config", elem_id="check-btn", size="sm")
-                        with gr.Row():
-                            run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                    with gr.Column(scale=2):
-                        gen = panel("gen")
-            with gr.Tab("Edit", id="edit"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        with gr.Row():
-                            source = gr.Dropdown(label="Run to edit (finished runs)", choices=[], scale=4,
-                                                 allow_custom_value=True, elem_id="edit-source")
-                            edit_refresh = gr.Button("↻", elem_id="edit-refresh", scale=1, min_width=40)
-                        target = gr.Textbox(label="Target prompt", placeholder="a blue cube", elem_id="edit-prompt")
-                        source_prompt = gr.Textbox(label="Source prompt (default: the run's prompt)",
-                                                   elem_id="edit-source-prompt")
-                        with gr.Row():
-                            default_steps, default_scale = forms.edit_defaults()
-                            edit_steps = gr.Number(value=default_steps, precision=0, label="Steps",
-                                                   elem_id="edit-steps")
-                            edit_scale = gr.Number(value=default_scale, label="Guidance scale", elem_id="edit-scale")
-                        with gr.Accordion("Advanced config (YAML)", open=False, elem_id="edit-advanced"):
-                            edit_editor = gr.Code(value=forms.EDIT_EDITOR_HELP, language="yaml",
-                                                  elem_id="edit-config-editor")
-                        with gr.Row():
-                            edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-btn")
-                            edit_stop = gr.Button("Stop", variant="stop", elem_id="edit-stop-btn")
-                    with gr.Column(scale=2):
-                        ed = panel("edit")
-            with gr.Tab("Gallery", id="gallery"):
-                with gr.Row():
-                    choice = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=True, elem_id="open-run",
-                                         scale=4)
-                    refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh", scale=1)
-                gallery = gr.Gallery(label="Past runs (newest first; click one to open it)", columns=5, height="auto",
-                                     object_fit="contain", allow_preview=False, elem_id="gallery")
-                names = gr.State([])
-                shown = panel("open")
+            gen = generate_tab(list(method_table))
+            ed = edit_tab()
+            gal = gallery_tab()
 
-        # --- wiring ----------------------------------------------------------------------------------------------
-        private = dict(api_visibility="private")
+        # one function object per handler, so that events of the same handler share its concurrency group
         refresh = h.refresh
-        refresh_outputs = [gallery, names, choice, source]
-        show_model = dict(fn=lambda f: f, **private)
-
-        gen_inputs = [prompt, method, prior, steps, seed, scale, editor]
-        (run_btn.click(lambda: None, outputs=gen.model, queue=False, **private)
-            .then(h.generate, gen_inputs, gen.streamed, api_name="generate", concurrency_limit=None,
-                  show_progress="hidden")
-            .then(inputs=gen.glb, outputs=gen.model, **show_model)
-            .then(refresh, outputs=refresh_outputs, **private))
-        stop_btn.click(h.stopper("generate"), outputs=None, api_name="stop", concurrency_limit=None)
-        check_btn.click(h.check_config, [method, prior, steps, seed, scale, editor], gen.status,
-                        api_name="check_config")
-        method.change(h.method_scale, method, scale, **private)
-
-        edit_inputs = [source, target, source_prompt, edit_steps, edit_scale, edit_editor]
-        (edit_btn.click(lambda: None, outputs=ed.model, queue=False, **private)
-            .then(h.edit, edit_inputs, ed.streamed, api_name="edit", concurrency_limit=None, show_progress="hidden")
-            .then(inputs=ed.glb, outputs=ed.model, **show_model)
-            .then(refresh, outputs=refresh_outputs, **private))
-        edit_stop.click(h.stopper("edit"), outputs=None, api_name="stop_edit", concurrency_limit=None)
-        edit_refresh.click(refresh, outputs=refresh_outputs, **private)
-
-        refresh_btn.click(refresh, outputs=refresh_outputs, api_name="runs")
-        gallery.select(h.pick, names, choice, **private)
-        choice.change(h.open_run, choice, [shown.status, shown.preview, shown.loss, shown.model, shown.glb, shown.obj,
-                                         shown.config, shown.video], api_name="open_run")
-        demo.load(refresh, outputs=refresh_outputs, **private)
+        show_model = dict(fn=lambda f: f, **PRIVATE)
+        refresh_outputs = [gal.gallery, gal.names, gal.choice, ed.source]
+        wire_generate(gen, h, show_model, refresh, refresh_outputs)
+        wire_edit(ed, h, show_model, refresh, refresh_outputs)
+        wire_gallery(gal, h, refresh, refresh_outputs)
+        demo.load(refresh, outputs=refresh_outputs, **PRIVATE)
     demo.run_manager = manager  # for tests and shutdown
     return demo
 
