@@ -14,15 +14,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import gradio as gr  # this module is imported only to build the UI
 
 from dream3d.app import forms
-from dream3d.app.jobs import DONE, STOPPED, RunManager
+from dream3d.app.jobs import DONE, STOPPED, Job, RunManager
 from dream3d.app.runs import list_runs, read_losses, read_run, reserve_run_dir, resolve_run
 from dream3d.app.status import error_html, info_html, job_html
 from dream3d.app.worker import run_job
+from dream3d.config import RunConfig
 from dream3d.errors import Dream3DError
 from dream3d.run_folder import RunFolder, default_run_dir
 
@@ -112,7 +113,7 @@ class Handlers:
         return getattr(request, "session_hash", None) or ""
 
     # --- following a job ---------------------------------------------------------------------------------------
-    def follow(self, job):
+    def follow(self, job: Job) -> Iterator[tuple]:
         """Yield (status, preview, loss, glb, obj, config, video) while the job runs, then its results."""
         serve = self.serve
         last_preview, last_n, first = None, -1, True
@@ -140,7 +141,7 @@ class Handlers:
         """The streamed outputs of a run that could not start: the error line and empty results."""
         return error_html(message), None, loss_frame([]), None, None, None, None
 
-    def start(self, kind: str, cfg, request):
+    def start(self, kind: str, cfg: RunConfig, request: gr.Request | None) -> Job:
         """Submit a job of `kind` for this page into a fresh run folder; one running job per page and kind."""
         owner = self.owner_of(request)
         if owner and self.manager.active(owner, kind):
@@ -154,7 +155,9 @@ class Handlers:
             raise
 
     # --- handlers ----------------------------------------------------------------------------------------------
-    def generate(self, prompt, method, prior, steps, seed, guidance_scale, config_text, request: gr.Request = None):
+    def generate(self, prompt: str | None, method: str, prior: str | None, steps: float | None, seed: float | None,
+                 guidance_scale: float | None, config_text: str | None,
+                 request: gr.Request = None) -> Iterator[tuple]:
         """Start a generation and stream its progress; ends with the result files (GLB, OBJ zip, config, video)."""
         try:
             cfg = forms.generate_config(prompt, method, prior, steps, seed, guidance_scale, config_text)
@@ -164,7 +167,9 @@ class Handlers:
             return
         yield from self.follow(job)
 
-    def edit(self, source, prompt, source_prompt, steps, guidance_scale, config_text, request: gr.Request = None):
+    def edit(self, source: str | None, prompt: str | None, source_prompt: str | None, steps: float | None,
+             guidance_scale: float | None, config_text: str | None,
+             request: gr.Request = None) -> Iterator[tuple]:
         """Start a DDS edit of a finished run and stream it like a generation."""
         try:
             if not source:
@@ -177,7 +182,7 @@ class Handlers:
             return
         yield from self.follow(job)
 
-    def stopper(self, kind: str):
+    def stopper(self, kind: str) -> Callable[..., None]:
         """The Stop handler for jobs of `kind`."""
         manager, owner_of = self.manager, self.owner_of
 
@@ -188,7 +193,8 @@ class Handlers:
         return stop
 
     @staticmethod
-    def check_config(method, prior, steps, seed, guidance_scale, config_text) -> str:
+    def check_config(method: str, prior: str | None, steps: float | None, seed: float | None,
+                     guidance_scale: float | None, config_text: str | None) -> str:
         """Validate the generation settings against the schema (the prompt is not needed)."""
         try:
             cfg = forms.generate_config("a red cube", method, prior, steps, seed, guidance_scale, config_text)
@@ -197,14 +203,14 @@ class Handlers:
         return info_html(f"config OK: {forms.describe(cfg)}", "ok")
 
     @staticmethod
-    def method_scale(method):
+    def method_scale(method: str) -> Any:
         """The default guidance scale of `method` (left as it is for an unknown method)."""
         try:
             return forms.method_config(method).guidance.guidance_scale
         except Dream3DError:
             return gr.skip()
 
-    def refresh(self):
+    def refresh(self) -> tuple:
         """Gallery items, their run names, and the choices of the run pickers."""
         runs = list_runs(self.outputs)
         shown = [r for r in runs if r.thumbnail is not None]
@@ -216,11 +222,11 @@ class Handlers:
                 gr.Dropdown(choices=editable))
 
     @staticmethod
-    def pick(names, evt: gr.SelectData):
+    def pick(names: list[str], evt: gr.SelectData) -> Any:
         """The run name of the clicked gallery item."""
         return names[evt.index] if evt is not None and 0 <= evt.index < len(names) else gr.skip()
 
-    def open_run(self, name):
+    def open_run(self, name: str | None) -> tuple:
         """A past run's status, preview, loss curve, GLB (viewer and download), OBJ zip, config and turntable."""
         serve = self.serve
         if not name:
@@ -408,7 +414,8 @@ def wire_gallery(tab: GalleryTab, h: Handlers, refresh: Any, refresh_outputs: li
                                                shown.obj, shown.config, shown.video], api_name="open_run")
 
 
-def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None, poll_seconds: float = 0.5):
+def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None,
+              poll_seconds: float = 0.5) -> gr.Blocks:
     """The Blocks (not launched). `outputs`: the runs folder; `manager`: the run manager (default: one run per
     device, 8 waiting)."""
     outputs = Path(outputs)
