@@ -14,15 +14,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import gradio as gr  # this module is imported only to build the UI
 
 from dream3d.app import forms
-from dream3d.app.jobs import DONE, STOPPED, RunManager
+from dream3d.app.jobs import DONE, STOPPED, Job, RunManager
 from dream3d.app.runs import list_runs, read_losses, read_run, reserve_run_dir, resolve_run
 from dream3d.app.status import error_html, info_html, job_html
 from dream3d.app.worker import run_job
+from dream3d.config import RunConfig
 from dream3d.errors import Dream3DError
 from dream3d.run_folder import RunFolder, default_run_dir
 
@@ -97,31 +98,35 @@ def loss_frame(losses: list[tuple[int, float]]):
                          "loss": pd.Series([r[1] for r in rows], dtype="float64")})
 
 
-def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None, poll_seconds: float = 0.5):
-    """The Blocks (not launched). `outputs`: the runs folder; `manager`: the run manager (default: one run per
-    device, 8 waiting)."""
-    outputs = Path(outputs)
-    manager = manager or RunManager(run_job)
-    serve = FileServer()
-    method_table = forms.methods()
+class Handlers:
+    """The page's event handlers over one runs folder, run manager and file server."""
 
+    def __init__(self, outputs: Path, manager: RunManager, serve: FileServer, poll_seconds: float) -> None:
+        self.outputs = outputs
+        self.manager = manager
+        self.serve = serve
+        self.poll_seconds = poll_seconds
+
+    @staticmethod
     def owner_of(request: gr.Request | None) -> str:
+        """The page session a request comes from ("" when unknown)."""
         return getattr(request, "session_hash", None) or ""
 
     # --- following a job ---------------------------------------------------------------------------------------
-    def follow(job):
+    def follow(self, job: Job) -> Iterator[tuple]:
         """Yield (status, preview, loss, glb, obj, config, video) while the job runs, then its results."""
+        serve = self.serve
         last_preview, last_n, first = None, -1, True
         while not job.done_event.is_set():
             snap = job.snapshot()
-            status = job_html(job, snap, manager.position(job))
+            status = job_html(job, snap, self.manager.position(job))
             preview = serve(snap["preview"]) if snap["preview"] != last_preview else gr.skip()
             loss = loss_frame(snap["loss"]) if len(snap["loss"]) != last_n else gr.skip()
             last_preview, last_n = snap["preview"], len(snap["loss"])
             results = [None] * 4 if first else [gr.skip()] * 4  # a new run clears the previous results
             first = False
             yield status, preview, loss, *results
-            job.done_event.wait(poll_seconds)
+            job.done_event.wait(self.poll_seconds)
         snap = job.snapshot()
         status = job_html(job, snap, 0)
         if not RunFolder(job.run_dir).is_run():  # failed before the run folder was written
@@ -131,53 +136,65 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
         yield (status, serve(info.preview), loss_frame(snap["loss"]), serve(info.glb), serve(info.obj_zip),
                serve(info.config), serve(info.video))
 
-    def failed(message: str):
+    @staticmethod
+    def failed(message: str) -> tuple:
+        """The streamed outputs of a run that could not start: the error line and empty results."""
         return error_html(message), None, loss_frame([]), None, None, None, None
 
-    def start(kind: str, cfg, request):
-        owner = owner_of(request)
-        if owner and manager.active(owner, kind):
+    def start(self, kind: str, cfg: RunConfig, request: gr.Request | None) -> Job:
+        """Submit a job of `kind` for this page into a fresh run folder; one running job per page and kind."""
+        owner = self.owner_of(request)
+        if owner and self.manager.active(owner, kind):
             raise Dream3DError(f"a {'generation' if kind == 'generate' else 'edit'} from this page is still "
                                "running; stop it or wait for it to finish")
-        run_dir = reserve_run_dir(default_run_dir(cfg, outputs).path)
+        run_dir = reserve_run_dir(default_run_dir(cfg, self.outputs).path)
         try:
-            return manager.submit(kind, cfg, run_dir, owner=owner)
+            return self.manager.submit(kind, cfg, run_dir, owner=owner)
         except Dream3DError:
             run_dir.rmdir()
             raise
 
     # --- handlers ----------------------------------------------------------------------------------------------
-    def generate(prompt, method, prior, steps, seed, guidance_scale, config_text, request: gr.Request = None):
+    def generate(self, prompt: str | None, method: str, prior: str | None, steps: float | None, seed: float | None,
+                 guidance_scale: float | None, config_text: str | None,
+                 request: gr.Request = None) -> Iterator[tuple]:
         """Start a generation and stream its progress; ends with the result files (GLB, OBJ zip, config, video)."""
         try:
             cfg = forms.generate_config(prompt, method, prior, steps, seed, guidance_scale, config_text)
-            job = start("generate", cfg, request)
+            job = self.start("generate", cfg, request)
         except Dream3DError as e:
-            yield failed(str(e))
+            yield self.failed(str(e))
             return
-        yield from follow(job)
+        yield from self.follow(job)
 
-    def edit(source, prompt, source_prompt, steps, guidance_scale, config_text, request: gr.Request = None):
+    def edit(self, source: str | None, prompt: str | None, source_prompt: str | None, steps: float | None,
+             guidance_scale: float | None, config_text: str | None,
+             request: gr.Request = None) -> Iterator[tuple]:
         """Start a DDS edit of a finished run and stream it like a generation."""
         try:
             if not source:
                 raise Dream3DError("choose the run to edit (the list holds finished runs; refresh it if needed)")
-            cfg = forms.edit_config_from_form(resolve_run(outputs, source), prompt, source_prompt, steps,
+            cfg = forms.edit_config_from_form(resolve_run(self.outputs, source), prompt, source_prompt, steps,
                                               guidance_scale, config_text)
-            job = start("edit", cfg, request)
+            job = self.start("edit", cfg, request)
         except Dream3DError as e:
-            yield failed(str(e))
+            yield self.failed(str(e))
             return
-        yield from follow(job)
+        yield from self.follow(job)
 
-    def stopper(kind: str):
+    def stopper(self, kind: str) -> Callable[..., None]:
+        """The Stop handler for jobs of `kind`."""
+        manager, owner_of = self.manager, self.owner_of
+
         def stop(request: gr.Request = None) -> None:
             """Stop this page's running (or waiting) run; it keeps its checkpoint and export."""
             for job in manager.active(owner_of(request), kind):
                 manager.stop(job)
         return stop
 
-    def check_config(method, prior, steps, seed, guidance_scale, config_text) -> str:
+    @staticmethod
+    def check_config(method: str, prior: str | None, steps: float | None, seed: float | None,
+                     guidance_scale: float | None, config_text: str | None) -> str:
         """Validate the generation settings against the schema (the prompt is not needed)."""
         try:
             cfg = forms.generate_config("a red cube", method, prior, steps, seed, guidance_scale, config_text)
@@ -185,32 +202,37 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
             return error_html(str(e))
         return info_html(f"config OK: {forms.describe(cfg)}", "ok")
 
-    def method_scale(method):
+    @staticmethod
+    def method_scale(method: str) -> Any:
+        """The default guidance scale of `method` (left as it is for an unknown method)."""
         try:
             return forms.method_config(method).guidance.guidance_scale
         except Dream3DError:
             return gr.skip()
 
-    def refresh():
+    def refresh(self) -> tuple:
         """Gallery items, their run names, and the choices of the run pickers."""
-        runs = list_runs(outputs)
+        runs = list_runs(self.outputs)
         shown = [r for r in runs if r.thumbnail is not None]
-        items = [(serve(r.thumbnail), r.caption) for r in shown]
+        items = [(self.serve(r.thumbnail), r.caption) for r in shown]
         all_choices = [(f"{r.name} — {r.caption}", r.name) for r in runs]
         editable = [(f"{r.name} — {r.caption}", r.name) for r in runs
                     if r.state in (DONE, STOPPED) and r.step > 0 and r.has_checkpoint]
         return (items, [r.name for r in shown], gr.Dropdown(choices=all_choices),
                 gr.Dropdown(choices=editable))
 
-    def pick(names, evt: gr.SelectData):
+    @staticmethod
+    def pick(names: list[str], evt: gr.SelectData) -> Any:
+        """The run name of the clicked gallery item."""
         return names[evt.index] if evt is not None and 0 <= evt.index < len(names) else gr.skip()
 
-    def open_run(name):
+    def open_run(self, name: str | None) -> tuple:
         """A past run's status, preview, loss curve, GLB (viewer and download), OBJ zip, config and turntable."""
+        serve = self.serve
         if not name:
             return info_html("choose a run"), None, None, None, None, None, None, None
         try:
-            run_dir = resolve_run(outputs, name)
+            run_dir = resolve_run(self.outputs, name)
         except Dream3DError as e:
             return error_html(str(e)), None, None, None, None, None, None, None
         info = read_run(run_dir)
@@ -219,111 +241,203 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
         return (info_html(text, info.state), serve(info.preview), loss_frame(read_losses(run_dir)), serve(info.glb),
                 serve(info.glb), serve(info.obj_zip), serve(info.config), serve(info.video))
 
-    # --- layout ------------------------------------------------------------------------------------------------
-    def panel(prefix: str) -> Panel:
-        status = gr.HTML(elem_id=f"{prefix}-status")
+
+# --- layout ----------------------------------------------------------------------------------------------------
+@dataclass
+class GenerateTab:
+    """The inputs and buttons of the Generate tab, and its panel."""
+
+    prompt: Any
+    method: Any
+    prior: Any
+    steps: Any
+    seed: Any
+    scale: Any
+    editor: Any
+    check_btn: Any
+    run_btn: Any
+    stop_btn: Any
+    panel: Panel
+
+
+@dataclass
+class EditTab:
+    """The inputs and buttons of the Edit tab, and its panel."""
+
+    source: Any
+    refresh_btn: Any
+    target: Any
+    source_prompt: Any
+    steps: Any
+    scale: Any
+    editor: Any
+    edit_btn: Any
+    stop_btn: Any
+    panel: Panel
+
+
+@dataclass
+class GalleryTab:
+    """The run picker, gallery and run names of the Gallery tab, and its panel."""
+
+    choice: Any
+    refresh_btn: Any
+    gallery: Any
+    names: Any
+    panel: Panel
+
+
+def panel(prefix: str) -> Panel:
+    """The status line, preview, loss plot, 3-D viewer, turntable and result files; elem_ids start with `prefix`."""
+    status = gr.HTML(elem_id=f"{prefix}-status")
+    with gr.Row():
+        preview = gr.Image(label="Preview (4 views around the object)", type="filepath", interactive=False,
+                           elem_id=f"{prefix}-preview", height=200)
+        loss = gr.LinePlot(x="step", y="loss", label="Loss", elem_id=f"{prefix}-loss", height=200,
+                           y_axis_format=".3~s")  # short tick labels: 1.5k
+    with gr.Row():
+        model = gr.Model3D(label="3D model (GLB)", elem_id=f"{prefix}-model3d", clear_color=(1, 1, 1, 1),
+                           height=360)
+        video = gr.Video(label="Turntable", elem_id=f"{prefix}-video", interactive=False, loop=True, height=360)
+    with gr.Row():
+        glb = gr.File(label="GLB", elem_id=f"{prefix}-glb", interactive=False)
+        obj = gr.File(label="OBJ (zip: mesh, material, texture)", elem_id=f"{prefix}-obj", interactive=False)
+        config = gr.File(label="Config (YAML)", elem_id=f"{prefix}-config", interactive=False)
+    return Panel(status, preview, loss, model, video, glb, obj, config)
+
+
+def generate_tab(method_names: list[str]) -> GenerateTab:
+    """The Generate tab: prompt, method, prior, steps, seed, guidance scale, YAML editor, buttons, and its panel."""
+    with gr.Tab("Generate", id="generate"):
         with gr.Row():
-            preview = gr.Image(label="Preview (4 views around the object)", type="filepath", interactive=False,
-                               elem_id=f"{prefix}-preview", height=200)
-            loss = gr.LinePlot(x="step", y="loss", label="Loss", elem_id=f"{prefix}-loss", height=200,
-                               y_axis_format=".3~s")  # short tick labels: 1.5k
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", placeholder="a red cube", elem_id="prompt")
+                method = gr.Dropdown(choices=method_names, value="sds", label="Method", elem_id="method")
+                prior = gr.Textbox(label="Prior", placeholder="bundled (leave empty), or a hub id or a "
+                                   "local diffusers folder", elem_id="prior")
+                with gr.Row():
+                    sds_defaults = forms.method_config("sds")
+                    steps = gr.Number(value=sds_defaults.steps, precision=0, label="Steps", elem_id="steps")
+                    seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+                    scale = gr.Number(value=sds_defaults.guidance.guidance_scale, label="Guidance scale",
+                                      elem_id="scale")
+                with gr.Accordion("Advanced config (YAML)", open=False, elem_id="advanced"):
+                    editor = gr.Code(value=forms.EDITOR_HELP, language="yaml", elem_id="config-editor")
+                    check_btn = gr.Button("Check config", elem_id="check-btn", size="sm")
+                with gr.Row():
+                    run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+            with gr.Column(scale=2):
+                gen = panel("gen")
+    return GenerateTab(prompt, method, prior, steps, seed, scale, editor, check_btn, run_btn, stop_btn, gen)
+
+
+def edit_tab() -> EditTab:
+    """The Edit tab: run to edit, target and source prompts, steps, guidance scale, YAML editor, buttons, panel."""
+    with gr.Tab("Edit", id="edit"):
         with gr.Row():
-            model = gr.Model3D(label="3D model (GLB)", elem_id=f"{prefix}-model3d", clear_color=(1, 1, 1, 1),
-                               height=360)
-            video = gr.Video(label="Turntable", elem_id=f"{prefix}-video", interactive=False, loop=True, height=360)
+            with gr.Column(scale=1):
+                with gr.Row():
+                    source = gr.Dropdown(label="Run to edit (finished runs)", choices=[], scale=4,
+                                         allow_custom_value=True, elem_id="edit-source")
+                    edit_refresh = gr.Button("↻", elem_id="edit-refresh", scale=1, min_width=40)
+                target = gr.Textbox(label="Target prompt", placeholder="a blue cube", elem_id="edit-prompt")
+                source_prompt = gr.Textbox(label="Source prompt (default: the run's prompt)",
+                                           elem_id="edit-source-prompt")
+                with gr.Row():
+                    default_steps, default_scale = forms.edit_defaults()
+                    edit_steps = gr.Number(value=default_steps, precision=0, label="Steps", elem_id="edit-steps")
+                    edit_scale = gr.Number(value=default_scale, label="Guidance scale", elem_id="edit-scale")
+                with gr.Accordion("Advanced config (YAML)", open=False, elem_id="edit-advanced"):
+                    edit_editor = gr.Code(value=forms.EDIT_EDITOR_HELP, language="yaml",
+                                          elem_id="edit-config-editor")
+                with gr.Row():
+                    edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-btn")
+                    edit_stop = gr.Button("Stop", variant="stop", elem_id="edit-stop-btn")
+            with gr.Column(scale=2):
+                ed = panel("edit")
+    return EditTab(source, edit_refresh, target, source_prompt, edit_steps, edit_scale, edit_editor, edit_btn,
+                   edit_stop, ed)
+
+
+def gallery_tab() -> GalleryTab:
+    """The Gallery tab: run picker, refresh button, gallery of past runs (with their names as state), panel."""
+    with gr.Tab("Gallery", id="gallery"):
         with gr.Row():
-            glb = gr.File(label="GLB", elem_id=f"{prefix}-glb", interactive=False)
-            obj = gr.File(label="OBJ (zip: mesh, material, texture)", elem_id=f"{prefix}-obj", interactive=False)
-            config = gr.File(label="Config (YAML)", elem_id=f"{prefix}-config", interactive=False)
-        return Panel(status, preview, loss, model, video, glb, obj, config)
+            choice = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=True, elem_id="open-run",
+                                 scale=4)
+            refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh", scale=1)
+        gallery = gr.Gallery(label="Past runs (newest first; click one to open it)", columns=5, height="auto",
+                             object_fit="contain", allow_preview=False, elem_id="gallery")
+        names = gr.State([])
+        shown = panel("open")
+    return GalleryTab(choice, refresh_btn, gallery, names, shown)
+
+
+# --- wiring ----------------------------------------------------------------------------------------------------
+PRIVATE = dict(api_visibility="private")
+
+
+def wire_run(button: Any, handler: Any, inputs: list, shown: Panel, api_name: str, show_model: dict,
+             refresh: Any, refresh_outputs: list) -> None:
+    """Chain a run button: clear the viewer, stream the run (`api_name`), show its GLB, refresh the run lists."""
+    (button.click(lambda: None, outputs=shown.model, queue=False, **PRIVATE)
+        .then(handler, inputs, shown.streamed, api_name=api_name, concurrency_limit=None, show_progress="hidden")
+        .then(inputs=shown.glb, outputs=shown.model, **show_model)
+        .then(refresh, outputs=refresh_outputs, **PRIVATE))
+
+
+def wire_generate(tab: GenerateTab, h: Handlers, show_model: dict, refresh: Any, refresh_outputs: list) -> None:
+    """Events of the Generate tab: generate, stop, check config, and the method's default guidance scale."""
+    inputs = [tab.prompt, tab.method, tab.prior, tab.steps, tab.seed, tab.scale, tab.editor]
+    wire_run(tab.run_btn, h.generate, inputs, tab.panel, "generate", show_model, refresh, refresh_outputs)
+    tab.stop_btn.click(h.stopper("generate"), outputs=None, api_name="stop", concurrency_limit=None)
+    tab.check_btn.click(h.check_config, [tab.method, tab.prior, tab.steps, tab.seed, tab.scale, tab.editor],
+                        tab.panel.status, api_name="check_config")
+    tab.method.change(h.method_scale, tab.method, tab.scale, **PRIVATE)
+
+
+def wire_edit(tab: EditTab, h: Handlers, show_model: dict, refresh: Any, refresh_outputs: list) -> None:
+    """Events of the Edit tab: edit, stop, and refreshing the run lists."""
+    inputs = [tab.source, tab.target, tab.source_prompt, tab.steps, tab.scale, tab.editor]
+    wire_run(tab.edit_btn, h.edit, inputs, tab.panel, "edit", show_model, refresh, refresh_outputs)
+    tab.stop_btn.click(h.stopper("edit"), outputs=None, api_name="stop_edit", concurrency_limit=None)
+    tab.refresh_btn.click(refresh, outputs=refresh_outputs, **PRIVATE)
+
+
+def wire_gallery(tab: GalleryTab, h: Handlers, refresh: Any, refresh_outputs: list) -> None:
+    """Events of the Gallery tab: refresh, pick a run from the gallery, open the chosen run."""
+    tab.refresh_btn.click(refresh, outputs=refresh_outputs, api_name="runs")
+    tab.gallery.select(h.pick, tab.names, tab.choice, **PRIVATE)
+    shown = tab.panel
+    tab.choice.change(h.open_run, tab.choice, [shown.status, shown.preview, shown.loss, shown.model, shown.glb,
+                                               shown.obj, shown.config, shown.video], api_name="open_run")
+
+
+def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None,
+              poll_seconds: float = 0.5) -> gr.Blocks:
+    """The Blocks (not launched). `outputs`: the runs folder; `manager`: the run manager (default: one run per
+    device, 8 waiting)."""
+    outputs = Path(outputs)
+    manager = manager or RunManager(run_job)
+    h = Handlers(outputs, manager, FileServer(), poll_seconds)
+    method_table = forms.methods()
 
     with gr.Blocks(title="dream3d", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        prompt = gr.Textbox(label="Prompt", placeholder="a red cube", elem_id="prompt")
-                        method = gr.Dropdown(choices=list(method_table), value="sds", label="Method",
-                                             elem_id="method")
-                        prior = gr.Textbox(label="Prior", placeholder="bundled (leave empty), or a hub id or a "
-                                           "local diffusers folder", elem_id="prior")
-                        with gr.Row():
-                            sds_defaults = forms.method_config("sds")
-                            steps = gr.Number(value=sds_defaults.steps, precision=0, label="Steps", elem_id="steps")
-                            seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
-                            scale = gr.Number(value=sds_defaults.guidance.guidance_scale, label="Guidance scale",
-                                              elem_id="scale")
-                        with gr.Accordion("Advanced config (YAML)", open=False, elem_id="advanced"):
-                            editor = gr.Code(value=forms.EDITOR_HELP, language="yaml", elem_id="config-editor")
-                            check_btn = gr.Button("Check config", elem_id="check-btn", size="sm")
-                        with gr.Row():
-                            run_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
-                    with gr.Column(scale=2):
-                        gen = panel("gen")
-            with gr.Tab("Edit", id="edit"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        with gr.Row():
-                            source = gr.Dropdown(label="Run to edit (finished runs)", choices=[], scale=4,
-                                                 allow_custom_value=True, elem_id="edit-source")
-                            edit_refresh = gr.Button("↻", elem_id="edit-refresh", scale=1, min_width=40)
-                        target = gr.Textbox(label="Target prompt", placeholder="a blue cube", elem_id="edit-prompt")
-                        source_prompt = gr.Textbox(label="Source prompt (default: the run's prompt)",
-                                                   elem_id="edit-source-prompt")
-                        with gr.Row():
-                            default_steps, default_scale = forms.edit_defaults()
-                            edit_steps = gr.Number(value=default_steps, precision=0, label="Steps",
-                                                   elem_id="edit-steps")
-                            edit_scale = gr.Number(value=default_scale, label="Guidance scale", elem_id="edit-scale")
-                        with gr.Accordion("Advanced config (YAML)", open=False, elem_id="edit-advanced"):
-                            edit_editor = gr.Code(value=forms.EDIT_EDITOR_HELP, language="yaml",
-                                                  elem_id="edit-config-editor")
-                        with gr.Row():
-                            edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-btn")
-                            edit_stop = gr.Button("Stop", variant="stop", elem_id="edit-stop-btn")
-                    with gr.Column(scale=2):
-                        ed = panel("edit")
-            with gr.Tab("Gallery", id="gallery"):
-                with gr.Row():
-                    choice = gr.Dropdown(label="Open a run", choices=[], allow_custom_value=True, elem_id="open-run",
-                                         scale=4)
-                    refresh_btn = gr.Button("Refresh", elem_id="gallery-refresh", scale=1)
-                gallery = gr.Gallery(label="Past runs (newest first; click one to open it)", columns=5, height="auto",
-                                     object_fit="contain", allow_preview=False, elem_id="gallery")
-                names = gr.State([])
-                shown = panel("open")
+            gen = generate_tab(list(method_table))
+            ed = edit_tab()
+            gal = gallery_tab()
 
-        # --- wiring ----------------------------------------------------------------------------------------------
-        private = dict(api_visibility="private")
-        refresh_outputs = [gallery, names, choice, source]
-        show_model = dict(fn=lambda f: f, **private)
-
-        gen_inputs = [prompt, method, prior, steps, seed, scale, editor]
-        (run_btn.click(lambda: None, outputs=gen.model, queue=False, **private)
-            .then(generate, gen_inputs, gen.streamed, api_name="generate", concurrency_limit=None,
-                  show_progress="hidden")
-            .then(inputs=gen.glb, outputs=gen.model, **show_model)
-            .then(refresh, outputs=refresh_outputs, **private))
-        stop_btn.click(stopper("generate"), outputs=None, api_name="stop", concurrency_limit=None)
-        check_btn.click(check_config, [method, prior, steps, seed, scale, editor], gen.status,
-                        api_name="check_config")
-        method.change(method_scale, method, scale, **private)
-
-        edit_inputs = [source, target, source_prompt, edit_steps, edit_scale, edit_editor]
-        (edit_btn.click(lambda: None, outputs=ed.model, queue=False, **private)
-            .then(edit, edit_inputs, ed.streamed, api_name="edit", concurrency_limit=None, show_progress="hidden")
-            .then(inputs=ed.glb, outputs=ed.model, **show_model)
-            .then(refresh, outputs=refresh_outputs, **private))
-        edit_stop.click(stopper("edit"), outputs=None, api_name="stop_edit", concurrency_limit=None)
-        edit_refresh.click(refresh, outputs=refresh_outputs, **private)
-
-        refresh_btn.click(refresh, outputs=refresh_outputs, api_name="runs")
-        gallery.select(pick, names, choice, **private)
-        choice.change(open_run, choice, [shown.status, shown.preview, shown.loss, shown.model, shown.glb, shown.obj,
-                                         shown.config, shown.video], api_name="open_run")
-        demo.load(refresh, outputs=refresh_outputs, **private)
+        # one function object per handler, so that events of the same handler share its concurrency group
+        refresh = h.refresh
+        show_model = dict(fn=lambda f: f, **PRIVATE)
+        refresh_outputs = [gal.gallery, gal.names, gal.choice, ed.source]
+        wire_generate(gen, h, show_model, refresh, refresh_outputs)
+        wire_edit(ed, h, show_model, refresh, refresh_outputs)
+        wire_gallery(gal, h, refresh, refresh_outputs)
+        demo.load(refresh, outputs=refresh_outputs, **PRIVATE)
     demo.run_manager = manager  # for tests and shutdown
     return demo
 
