@@ -18,6 +18,7 @@ which is how it is evaluated (so NFSD and SDS share the CFG arithmetic bit for b
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ import torch
 from dream3d.errors import ConfigError, PromptError
 from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine, predict_branches
+from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
 from dream3d.guidance.weighting import weight
@@ -36,6 +38,15 @@ NFSD_NEGATIVE_PROMPT = ("unrealistic, blurry, low quality, out of focus, ugly, l
                         "low-resolution, gloomy")
 
 
+@dataclass
+class NFSDSettings:
+    """guidance.nfsd: δ_D = ε_∅ below threshold·T (the paper's 200 of 1000), ε_∅ − ε_neg above."""
+
+    threshold: float = 0.2
+
+
+@register("nfsd", NFSDSettings, "noise-free score distillation: prompt, empty and negative branches "
+          "(Katzir et al., arXiv 2310.17590)")
 class NFSDGuidance(SDSGuidance):
     """NFSD. Arguments as `SDSGuidance` (guidance_scale defaults to 7.5) plus:
 
@@ -45,11 +56,11 @@ class NFSDGuidance(SDSGuidance):
         cannot: then the empty prompt, i.e. δ_D = 0 for t ≥ t_D, with a warning).
     """
 
-    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, threshold: float = 0.2,
+    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, threshold: float = NFSDSettings.threshold,
                  negative_prompt: str | None = None, **kwargs):
         super().__init__(prior, guidance_scale=guidance_scale, **kwargs)
         if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"guidance.nfsd_threshold must lie in [0, 1]; got {threshold}")
+            raise ConfigError(f"guidance.nfsd.threshold must lie in [0, 1]; got {threshold}")
         self.threshold_t = to_index(threshold, int(prior.num_train_timesteps)) if threshold < 1.0 \
             else int(prior.num_train_timesteps)
         self.negative_prompt = negative_prompt
