@@ -123,7 +123,7 @@ def edit_config(source: str | Path, prompt: str, source_prompt: str | None = Non
     cfg = load_config(config or (edit_yaml if edit_yaml.is_file() else None), overrides, base=src_cfg)
     cfg.guidance.method = "dds"
     cfg.prompt, cfg.name = prompt, ""
-    cfg.guidance.source_prompt = source_prompt or src_cfg.prompt
+    cfg.guidance.dds.source_prompt = source_prompt or src_cfg.prompt
     cfg.edit_source = str(source.resolve())
     return cfg
 
@@ -235,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log backend choices and details")
     sub = p.add_subparsers(dest="command", required=True)
 
-    g = sub.add_parser("generate", help="generate a 3D asset from a prompt")
+    from dream3d.guidance.registry import methods
+
+    g = sub.add_parser("generate", help="generate a 3D asset from a prompt",
+                       description="Generate a 3D asset from a prompt. Guidance methods (guidance.method=NAME; their "
+                       "recipes are in configs/): " + "; ".join(f"{n}: {s.description}" for n, s in methods().items()) + ".")
     g.add_argument("words", nargs="*", metavar="PROMPT [key=value ...]",
                    help='the text prompt, e.g. "a red cube", then config overrides such as guidance.guidance_scale=7.5')
     g.add_argument("--config", help="YAML config file (see configs/)")

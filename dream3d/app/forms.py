@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import yaml
-
 from dream3d.config import RunConfig, apply_yaml_text, load_config
 from dream3d.errors import ConfigError, PromptError
+from dream3d.guidance.registry import methods as guidance_methods
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 EDITOR_HELP = """\
@@ -27,25 +26,22 @@ EDIT_EDITOR_HELP = EDITOR_HELP.replace("the method's recipe (configs/<method>.ya
 
 
 def methods() -> dict[str, Path | None]:
-    """Generation methods and their recipe files: configs/*.yaml whose guidance.method is not the editing one."""
+    """Generation methods (the guidance registry's, less the editing ones) and their recipes in configs/ (None
+    where the file is missing: the method runs with the schema defaults)."""
     found: dict[str, Path | None] = {}
-    for path in sorted(CONFIG_DIR.glob("*.yaml")):
-        try:
-            method = (yaml.safe_load(path.read_text()) or {}).get("guidance", {}).get("method")
-        except (yaml.YAMLError, AttributeError):
-            continue
-        if method and method != "dds" and path.stem == method:
-            found[method] = path
-    order = ["sds", "vsd", "nfsd", "ssd", "cfd"]
-    for m in order:  # methods whose recipe file is missing (installed package) run with the schema defaults
-        found.setdefault(m, None)
-    return dict(sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    for name, spec in guidance_methods().items():
+        if not spec.editing:
+            path = CONFIG_DIR / spec.recipe
+            found[name] = path if path.is_file() else None
+    return found
 
 
 def method_config(method: str) -> RunConfig:
     """Schema defaults + configs/<method>.yaml; ConfigError for an unknown method."""
     table = methods()
     if method not in table:
+        if method in guidance_methods():
+            raise ConfigError(f"{method} edits a finished run; use the Edit tab")
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(table)}")
     cfg = load_config(table[method])
     cfg.guidance.method = method
@@ -104,8 +100,6 @@ def generate_config(prompt: str | None, method: str = "sds", prior: str | None =
         prior = ""
     cfg.prior = prior if prior else cfg.prior
     cfg = _apply_fields(cfg, steps, seed, guidance_scale)
-    if cfg.guidance.method == "dds":
-        raise ConfigError("DDS is the editing method; use the Edit tab")
     cfg.prompt, cfg.name, cfg.edit_source = prompt, "", ""
     return cfg
 
@@ -118,9 +112,9 @@ def edit_config_from_form(source_dir: Path, prompt: str | None, source_prompt: s
     prompt = _check_prompt(prompt, "a blue cube")
     cfg = edit_config(source_dir, prompt, (source_prompt or "").strip() or None)
     if config_text and config_text.strip():
-        keep = (cfg.prompt, cfg.guidance.source_prompt, cfg.edit_source)
+        keep = (cfg.prompt, cfg.guidance.dds.source_prompt, cfg.edit_source)
         cfg = apply_yaml_text(cfg, config_text, "the advanced config")
-        cfg.prompt, cfg.guidance.source_prompt, cfg.edit_source = keep
+        cfg.prompt, cfg.guidance.dds.source_prompt, cfg.edit_source = keep
         cfg.guidance.method, cfg.name = "dds", ""
     return _apply_fields(cfg, steps, None, guidance_scale)
 
