@@ -4,7 +4,7 @@ SDS with two changes: the noise ε̃ is consistent across views (it lives on the
 `dream3d.guidance.surface_noise`), and t follows a deterministic decreasing schedule. With w = λ_t = σ_t/α_t:
 
     x_t = α_t(x + λ_t ε̃) = α_t x + σ_t ε̃
-    g   = λ_t·(ε̂_s(x_t; y, t) − ε̃)                    (CFD flow gradient, guidance.md "CFD")
+    g   = λ_t·(ε̂_s(x_t; y, t) − ε̃)                    (the CFD flow gradient, arXiv 2501.05445)
 
 which is `SDSGuidance.grad` with noise ε̃ and weighting "lambda", so only the noise and the schedule differ here.
 

@@ -7,7 +7,7 @@ NFSD splits the CFG prediction into a condition direction and a domain term and 
         = ε_∅ − ε_neg    otherwise           (NFSD: δ_N is removed by subtracting the negative-prompt prediction)
     g   = w(t)·(δ_D + s·δ_C)                  (the NFSD gradient: SDS's ε̂_s − ε with the noise terms dropped)
 
-(Equations are cited by the paper's names for the terms; see also shared/reference/guidance.md, "NFSD".)
+(The terms carry the paper's names, arXiv 2310.17590; its equation numbers are not cited.)
 
 t_D = 200 for the paper's 1000-step models; here t_D = round(threshold·T) with threshold = 0.2 by default, so a
 prior with T ≠ 1000 switches at the same noise-level fraction. ε_c, ε_∅ (empty prompt) and ε_neg (negative
@@ -33,7 +33,7 @@ from dream3d.guidance.weighting import weight
 
 log = logging.getLogger("dream3d")
 
-# the negative prompt used by the NFSD paper (as recorded in shared/reference/guidance.md)
+# the negative prompt used by the NFSD paper (arXiv 2310.17590) for ε_neg
 NFSD_NEGATIVE_PROMPT = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, "
                         "low-resolution, gloomy")
 

@@ -3,9 +3,9 @@
 Source of this form. The paper's full text could not be read from this workplace (only its abstract: SDS is
 "a combination of three functional components: mode-disengaging, mode-seeking and variance-reducing terms", the
 variance-reducing term of SDS "is sub-optimal", and SSD "strategically orchestrates each term" per timestep).
-What follows is the re-implementation described in shared/reference/guidance.md ("SSD"), with the
-least-squares control-variate coefficient r = ⟨ε_c, ε⟩/‖ε‖² (that re-implementation divides by ‖ε‖, which is
-not the least-squares coefficient). No equation numbers of the paper are cited because they could not be checked.
+What follows builds SSD from that three-term decomposition, with the least-squares control-variate coefficient
+r = ⟨ε_c, ε⟩/‖ε‖² for the variance-reducing term (dividing by ‖ε‖ instead, as one re-implementation does, is not
+the least-squares coefficient). No equation numbers of the paper are cited because they could not be checked.
 
 The decomposition (exact, in dream3d's CFG convention ε̂_s = ε_u + s(ε_c − ε_u); the paper's CFG weight ω
 in ε_c + ω(ε_c − ε_u) is s − 1):
