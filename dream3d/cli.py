@@ -239,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate a 3D asset from a prompt",
                        description="Generate a 3D asset from a prompt. Guidance methods (guidance.method=NAME; their "
-                       "recipes are in configs/): " + "; ".join(f"{n}: {s.description}" for n, s in methods().items()) + ".")
+                       "recipes are in configs/): "
+                       + "; ".join(f"{n}: {s.description}" for n, s in methods().items()) + ".")
     g.add_argument("words", nargs="*", metavar="PROMPT [key=value ...]",
                    help='the text prompt, e.g. "a red cube", then config overrides such as guidance.guidance_scale=7.5')
     g.add_argument("--config", help="YAML config file (see configs/)")

@@ -136,7 +136,7 @@ def test_a_new_method_is_one_file(tmp_path):
     (tmp_path / "methods").mkdir()
     (tmp_path / "methods" / "half.py").write_text(textwrap.dedent(NEW_METHOD))
     (tmp_path / "check.py").write_text(CHECK)
-    r = subprocess.run([sys.executable, str(tmp_path / "check.py"), str(tmp_path / "methods")], capture_output=True, text=True,
-                       cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
+    r = subprocess.run([sys.executable, str(tmp_path / "check.py"), str(tmp_path / "methods")], capture_output=True,
+                       text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
                                       "OMP_NUM_THREADS": "1"}, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
