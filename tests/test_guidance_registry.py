@@ -76,13 +76,15 @@ def test_app_and_help_list_the_registered_methods():
         assert f"{name}: {' '.join(spec.description.split())}" in text
 
 
-def test_readme_table_lists_the_registered_methods():
+def test_readme_table_is_the_registry_table():
+    """The README's method table is `registry.markdown_table()`; after adding a method, paste its output (python -c
+    'from dream3d.guidance.registry import markdown_table; print(markdown_table())') into README.md."""
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Guidance methods"):]
     section = section[:section.index("\n## ")]
+    assert registry.markdown_table() in section
     rows = [line for line in section.splitlines() if line.startswith("| `")]
-    expected = [f"| `{n}` | `configs/{s.recipe}` | {s.description} |" for n, s in registry.methods().items()]
-    assert rows == expected
+    assert len(rows) == len(registry.methods())  # no row of a method that is gone
 
 
 NEW_METHOD = '''

@@ -12,7 +12,8 @@ A method is one file in dream3d/guidance/ plus its recipe configs/<name>.yaml:
 
 `methods()` imports every module of this package once, so a new file is found without being listed anywhere
 else. The config schema (a `guidance.<name>` section for each method with settings, and the choices of
-`guidance.method`), `dream3d generate --help`, the app's method list and `dream3d.system.build_guidance` read it.
+`guidance.method`), `dream3d generate --help`, the app's method list and `dream3d.system.build_guidance` read it;
+the README's method table is `markdown_table()`.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def methods() -> dict[str, MethodSpec]:
     """Every registered method by name, in alphabetical order."""
     _discover()
     return {name: _REGISTRY[name] for name in sorted(_REGISTRY)}
+
+
+def markdown_table() -> str:
+    """The methods as a Markdown table (method, recipe, description), as the README shows them."""
+    rows = [f"| `{n}` | `configs/{s.recipe}` | {s.description} |" for n, s in methods().items()]
+    return "\n".join(["| method | recipe | what it does |", "|---|---|---|", *rows])
 
 
 def build(name: str, prior: Any, common: Mapping[str, Any], settings: Any = None) -> Any:
