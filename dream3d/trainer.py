@@ -194,7 +194,7 @@ class Trainer:
             with torch.no_grad():
                 gen = torch.Generator().set_state(jitter_state)
                 batch.rgb_source = self.source_renderer(cams, r.height, r.width, shading=shading, generator=gen,
-                                                           stratified=True)["rgb"]
+                                                        stratified=True)["rgb"]
         gout = self.guidance(out["rgb"], batch, self.step)
         loss = gout.loss
         opacity = out["opacity"].clamp(1e-5, 1 - 1e-5)
