@@ -174,7 +174,12 @@ def _device(name: str) -> str:
 # --- parser ----------------------------------------------------------------------------------------------------
 def _add_run_commands(sub) -> None:
     """generate, edit, refine, export."""
-    g = sub.add_parser("generate", help="generate a 3D asset from a prompt")
+    from dream3d.guidance.registry import methods
+
+    g = sub.add_parser("generate", help="generate a 3D asset from a prompt",
+                       description="Generate a 3D asset from a prompt. Guidance methods (guidance.method=NAME, or "
+                       "--config NAME for its recipe): "
+                       + "; ".join(f"{n}: {s.description}" for n, s in methods().items()) + ".")
     g.add_argument("words", nargs="*", metavar="PROMPT [key=value ...]",
                    help='the text prompt, e.g. "a red cube", then config overrides such as guidance.guidance_scale=7.5')
     g.add_argument("--config", help="YAML config file, or a shipped recipe's name (e.g. vsd; see configs/)")

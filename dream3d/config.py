@@ -7,6 +7,11 @@ The schema below is the CPU default (what `dream3d generate "PROMPT"` runs with 
 `configs/` override parts of it, then `key=value` overrides apply. Unknown keys are errors that name the key and
 suggest the closest valid one. User text (prompts) is data: OmegaConf interpolation is never resolved, so
 `${...}` in a prompt stays literal.
+
+The guidance section is built from `dream3d.guidance.registry`: the shared settings, then one section per
+method with settings of its own (`guidance: {method: vsd, vsd: {lora_rank: 4}}`). Configs written before the
+sections existed spell those settings flat (`guidance.vsd_lora_rank`, `guidance.source_prompt`, see
+`FLAT_GUIDANCE_KEYS`); they still load, in files, saved run configs and overrides, with one deprecation line.
 """
 
 from __future__ import annotations
@@ -14,13 +19,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from dream3d.cameras import AZIMUTH_RANGE, DISTANCE, ELEVATION_RANGE, FOV_DEG
 from dream3d.errors import ConfigError
+from dream3d.guidance.registry import methods as guidance_methods
+from dream3d.guidance.timesteps import SCHEDULES
+from dream3d.guidance.weighting import WEIGHTINGS
+from dream3d.stages import stage_names
+
+log = logging.getLogger("dream3d")
 
 
 @dataclass
@@ -55,15 +68,19 @@ class RenderConfig:
 
 @dataclass
 class CameraConfig:
-    elevation_range: list[float] = field(default_factory=lambda: [-10.0, 75.0])
-    azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])
-    distance_range: list[float] = field(default_factory=lambda: [3.0, 3.0])
-    fov_range: list[float] = field(default_factory=lambda: [40.0, 40.0])
+    """Ranges of the training cameras (degrees, world units); defaults are dream3d.cameras' conventions."""
+
+    elevation_range: list[float] = field(default_factory=lambda: [float(v) for v in ELEVATION_RANGE])
+    azimuth_range: list[float] = field(default_factory=lambda: [float(v) for v in AZIMUTH_RANGE])
+    distance_range: list[float] = field(default_factory=lambda: [float(DISTANCE)] * 2)
+    fov_range: list[float] = field(default_factory=lambda: [float(FOV_DEG)] * 2)
 
 
 @dataclass
-class GuidanceConfig:
-    method: str = "sds"  # sds | vsd | nfsd | ssd | cfd | dds
+class SharedGuidanceConfig:
+    """The guidance settings every method reads; `GuidanceConfig` adds the methods' own sections."""
+
+    method: str = "sds"  # a registered method: dream3d.guidance.registry.methods()
     guidance_scale: float = 10.0  # diffusers form: eps_u + s (eps_c - eps_u)
     weighting: str = "sds"  # sds | uniform | fantasia3d | lambda
     t_min: float = 0.02
@@ -74,22 +91,28 @@ class GuidanceConfig:
     grad_clip: float = 0.0  # element-wise clamp of the guidance gradient; 0 disables
     view_dependent: bool = True
     negative_prompt: str = ""
-    # VSD (ProlificDreamer): LoRA + camera embedding φ trained online with its own AdamW
-    vsd_lora_rank: int = 4
-    vsd_lora_lr: float = 0.0001
-    vsd_camera_dropout: float = 0.1  # probability of training φ without its camera
-    vsd_lora_guidance_scale: float = 1.0  # CFG over φ's camera; 1 = camera-conditional only
-    # NFSD: delta_D = eps_null below this fraction of the timesteps (200 of 1000), eps_null - eps_neg above
-    nfsd_threshold: float = 0.2
-    # SSD: mode-disengaging term above this fraction of the timesteps, adaptive mode-seeking term below
-    ssd_threshold: float = 0.8
-    ssd_rescale: bool = True  # rescale the mode-seeking term to the mode-disengaging term's norm
-    # CFD: surface noise (sub-pixels per noise pixel and axis, cell size in world units; 0 = automatic)
-    cfd_subsamples: int = 8
-    cfd_voxel_size: float = 0.0
-    cfd_reinject: list[float] = field(default_factory=list)  # [] off, [gamma] or [start, gamma0, gamma1, end]
-    # DDS (dream3d edit): the prompt describing the source scene
-    source_prompt: str = ""
+
+
+def _guidance_config() -> type:
+    """GuidanceConfig: `SharedGuidanceConfig` plus a section `<name>` (the method's settings dataclass) for each
+    registered method that has settings of its own."""
+    sections = [(name, spec.settings, field(default_factory=spec.settings))
+                for name, spec in guidance_methods().items() if dataclasses.fields(spec.settings)]
+    cls = dataclasses.make_dataclass("GuidanceConfig", sections, bases=(SharedGuidanceConfig,))
+    cls.__module__ = __name__
+    cls.__doc__ = ("The guidance section: the shared settings, then one section per method with settings of its own "
+                   f"({', '.join(name for name, _, _ in sections)}).")
+    return cls
+
+
+GuidanceConfig = _guidance_config()
+# flat keys of configs written before the method sections existed -> their key inside `guidance`
+FLAT_GUIDANCE_KEYS = {
+    "vsd_lora_rank": "vsd.lora_rank", "vsd_lora_lr": "vsd.lora_lr", "vsd_camera_dropout": "vsd.camera_dropout",
+    "vsd_lora_guidance_scale": "vsd.lora_guidance_scale", "nfsd_threshold": "nfsd.threshold",
+    "ssd_threshold": "ssd.threshold", "ssd_rescale": "ssd.rescale", "cfd_subsamples": "cfd.subsamples",
+    "cfd_voxel_size": "cfd.voxel_size", "cfd_reinject": "cfd.reinject", "source_prompt": "dds.source_prompt",
+}
 
 
 @dataclass
@@ -151,7 +174,7 @@ class RunConfig:
     preview_every: int = 100
     name: str = ""  # run folder name; empty = derived from the prompt
     edit_source: str = ""  # `dream3d edit`: the source run folder (its scene is frozen and edited by DDS)
-    stage: str = "nerf"  # nerf (volume rendering of a hash-grid NeRF) | mesh (DMTet + rasterizer)
+    stage: str = "nerf"  # a registered stage (dream3d.stages): nerf (hash-grid NeRF) | mesh (DMTet, from a NeRF run)
     init_from: str = ""  # mesh stage: the NeRF run folder it starts from (`dream3d refine` sets it)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -165,15 +188,13 @@ class RunConfig:
 
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
-    "stage": ("nerf", "mesh"),
     "mesh.backend": ("auto", "torch", "nvdiffrast"),
     "geometry.encoding_backend": ("auto", "cpp", "cuda", "tcnn", "torch"),
     "geometry.normal_type": ("finite_difference", "forward_difference", "analytic"),
     "render.backend": ("auto", "torch", "nerfacc"),
     "render.background": ("white", "mlp"),
-    "guidance.method": ("sds", "vsd", "nfsd", "ssd", "cfd", "dds"),
-    "guidance.weighting": ("sds", "uniform", "fantasia3d", "lambda"),
-    "guidance.t_schedule": ("constant", "step", "sqrt", "linear"),
+    "guidance.weighting": WEIGHTINGS,
+    "guidance.t_schedule": SCHEDULES,
 }
 
 
@@ -272,20 +293,68 @@ def _nest(key: str, value) -> dict:
     return d
 
 
+def _nested_key(key: str) -> str:
+    """The current spelling of a dotted key: 'guidance.vsd_lora_rank' -> 'guidance.vsd.lora_rank', others as is."""
+    section, _, name = key.partition(".")
+    return f"guidance.{FLAT_GUIDANCE_KEYS[name]}" if section == "guidance" and name in FLAT_GUIDANCE_KEYS else key
+
+
+def _nest_flat_guidance(data: dict, flat: list[str]) -> dict:
+    """`data` (a config mapping) with flat guidance keys moved into their method sections; each moved key is
+    appended to `flat`. A setting given both ways in one mapping is a ConfigError naming both keys."""
+    section = data.get("guidance") if isinstance(data, dict) else None
+    if not isinstance(section, dict) or not section.keys() & FLAT_GUIDANCE_KEYS.keys():
+        return data
+    section = dict(section)
+    for old in [k for k in section if k in FLAT_GUIDANCE_KEYS]:
+        method, name = FLAT_GUIDANCE_KEYS[old].split(".")
+        nested = section.get(method) or {}
+        if not isinstance(nested, dict):
+            raise ConfigError(f"config section 'guidance.{method}' must be a mapping, got {nested!r}")
+        if name in nested:
+            raise ConfigError(f"both 'guidance.{old}' and 'guidance.{method}.{name}' are set; keep only "
+                              f"'guidance.{method}.{name}'")
+        section[method] = {**nested, name: section.pop(old)}
+        flat.append(f"guidance.{old}")
+    return {**data, "guidance": section}
+
+
+def _flat_key_notice(flat: dict[str, list[str]]) -> None:
+    """One deprecation line for all the flat guidance keys a load met (`flat`: source -> keys)."""
+    keys = [k for found in flat.values() for k in found]
+    if keys:
+        moves = ", ".join(f"{k} -> {_nested_key(k)}" for k in dict.fromkeys(keys))
+        where = " and ".join(source for source, found in flat.items() if found)
+        log.warning("flat guidance keys are deprecated (in %s); nest them in their method's section: %s", where,
+                    moves)
+
+
 def load_config(config_file: str | Path | None = None, overrides: typing.Sequence[str] = (),
                 base: RunConfig | None = None) -> RunConfig:
-    """Defaults (or a copy of `base`) <- YAML file <- `key=value` overrides, validated. Raises ConfigError."""
+    """Defaults (or a copy of `base`) <- YAML file <- `key=value` overrides, validated. Raises ConfigError.
+
+    Flat guidance keys (`FLAT_GUIDANCE_KEYS`) are read as their nested keys, with one deprecation line per load;
+    one setting given both ways, in the file or among the overrides, is a ConfigError naming both keys.
+    """
     cfg = copy.deepcopy(base) if base is not None else RunConfig()
+    flat: dict[str, list[str]] = {str(config_file): [], "the overrides": []}
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        _apply(cfg, _parse_yaml(path.read_text(), str(path)))
+        _apply(cfg, _nest_flat_guidance(_parse_yaml(path.read_text(), str(path)), flat[str(config_file)]))
+    given: dict[str, str] = {}  # nested key -> the key as the override spelled it
     for item in overrides:
         key, value = _parse_override(item)
         if key.endswith("prompt") and not isinstance(value, str):
             value = item.split("=", 1)[1]  # prompts are text, whatever they look like
-        _apply(cfg, _nest(key, value))
+        nested = _nested_key(key)
+        if given.setdefault(nested, key) != key:
+            raise ConfigError(f"both '{given[nested]}' and '{key}' are given; keep only '{nested}'")
+        if nested != key:
+            flat["the overrides"].append(key)
+        _apply(cfg, _nest(nested, value))
+    _flat_key_notice(flat)
     validate(cfg)
     return cfg
 
@@ -300,7 +369,9 @@ def _parse_yaml(text: str, source: str) -> dict:
 def apply_yaml_text(cfg: RunConfig, text: str, source: str = "the config") -> RunConfig:
     """A validated copy of `cfg` with the YAML mapping `text` applied (the app's config editor). Raises ConfigError."""
     out = copy.deepcopy(cfg)
-    _apply(out, _parse_yaml(text, source))
+    flat: list[str] = []
+    _apply(out, _nest_flat_guidance(_parse_yaml(text, source), flat))
+    _flat_key_notice({source: flat})
     validate(out)
     return out
 
@@ -314,7 +385,7 @@ def get(cfg: RunConfig, key: str):
 
 def validate(cfg: RunConfig) -> None:
     """Value checks beyond types; raises ConfigError naming the key."""
-    for key, allowed in CHOICES.items():
+    for key, allowed in {**CHOICES, "guidance.method": tuple(guidance_methods()), "stage": stage_names()}.items():
         v = get(cfg, key)
         if v not in allowed:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {v!r}")

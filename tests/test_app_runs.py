@@ -145,7 +145,7 @@ def test_generate_config_precedence_and_prompt_is_data():
                               "steps: 99\nseed: 1\nrender: {height: 24}\nguidance: {method: sds, nfsd_threshold: 0.3}")
     assert c.prompt == "a ${oc.env:HOME} \"cube\""  # literal, never interpolated
     assert (c.steps, c.seed, c.guidance.guidance_scale) == (30, 7, 3.5)  # fields win over the editor
-    assert c.render.height == 24 and c.guidance.nfsd_threshold == 0.3  # editor wins over the recipe
+    assert c.render.height == 24 and c.guidance.nfsd.threshold == 0.3  # editor wins over the recipe
     assert c.guidance.method == "nfsd" and c.prior == ""  # the method field wins; 'bundled' = default prior
     c = forms.generate_config("a red cube", "vsd", "", None, None, None, "")
     assert c.guidance.guidance_scale == 7.5 and c.guidance.t_anneal_fraction == 0.2  # configs/vsd.yaml
@@ -172,7 +172,7 @@ def test_edit_config_from_form(tmp_path):
     from dream3d.config import save_config
     save_config(cfg(), src / "config.yaml")
     c = forms.edit_config_from_form(src, "a blue cube", "", 20, 5.0, "guidance: {method: sds, t_min: 0.1}")
-    assert (c.guidance.method, c.prompt, c.guidance.source_prompt) == ("dds", "a blue cube", "a red cube")
+    assert (c.guidance.method, c.prompt, c.guidance.dds.source_prompt) == ("dds", "a blue cube", "a red cube")
     assert c.edit_source == str(src.resolve()) and c.steps == 20 and c.guidance.guidance_scale == 5.0
     assert c.guidance.t_min == 0.1 and c.render.height == 16  # editor applied; the source's settings kept
     with pytest.raises(PromptError, match="prompt is empty"):

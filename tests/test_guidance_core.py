@@ -124,7 +124,7 @@ def test_constant_schedule_range_and_reproducibility():
 
 
 def test_step_schedule_lowers_t_max():
-    sched = TimestepSchedule("step", 0.02, 0.98, t_max2=0.5, anneal_step=100)
+    sched = TimestepSchedule("step", 0.02, 0.98, t_max_end=0.5, anneal_step=100)
     gen = torch.Generator().manual_seed(0)
     before, after = sched(99, None, 5000, gen), sched(100, None, 5000, gen)
     assert before.max().item() == 980 and after.max().item() == 500 and after.min().item() == 20

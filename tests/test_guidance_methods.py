@@ -1,6 +1,6 @@
-"""VSD, NFSD, SSD, CFD and DDS: the properties of shared/reference/guidance.md against independent closed forms
-(analytic priors, float64), plus one step of every method on tiny SD-, IF- and bundled-style priors built through
-`dream3d.system.build_guidance` from the shipped configs."""
+"""VSD, NFSD, SSD, CFD and DDS: each method's defining properties (stated in its module docstring, from its
+paper) against independent closed forms (analytic priors, float64), plus one step of every method on tiny SD-,
+IF- and bundled-style priors built through `dream3d.system.build_guidance` from the shipped configs."""
 
 from __future__ import annotations
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import yaml
-
 from dream3d.config import RunConfig, apply_yaml_text, load_config
 from dream3d.errors import ConfigError, PromptError
-from dream3d.recipes import recipe_names, recipe_path
+from dream3d.guidance.registry import methods as guidance_methods
+from dream3d.recipes import recipe_path
 
 EDITOR_HELP = """\
 # Advanced settings: YAML applied on top of the method's recipe (configs/<method>.yaml) and checked against the
@@ -27,23 +26,17 @@ EDIT_EDITOR_HELP = EDITOR_HELP.replace("the method's recipe (configs/<method>.ya
 
 
 def methods() -> dict[str, Path]:
-    """Generation methods and their recipe files: the shipped recipes named after their guidance.method (not dds)."""
-    found: dict[str, Path] = {}
-    for path in map(recipe_path, recipe_names()):
-        try:
-            method = (yaml.safe_load(path.read_text()) or {}).get("guidance", {}).get("method")
-        except (yaml.YAMLError, AttributeError):
-            continue
-        if method and method != "dds" and path.stem == method:
-            found[method] = path
-    order = ["sds", "vsd", "nfsd", "ssd", "cfd"]
-    return dict(sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    """Generation methods (the guidance registry's, less the editing ones; sds first) and their shipped recipes."""
+    names = sorted((n for n, spec in guidance_methods().items() if not spec.editing), key=lambda n: (n != "sds", n))
+    return {name: recipe_path(guidance_methods()[name].recipe) for name in names}
 
 
 def method_config(method: str) -> RunConfig:
     """Schema defaults + configs/<method>.yaml; ConfigError for an unknown method."""
     table = methods()
     if method not in table:
+        if method in guidance_methods():
+            raise ConfigError(f"{method} edits a finished run; use the Edit tab")
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(table)}")
     cfg = load_config(table[method])
     cfg.guidance.method = method
@@ -101,8 +94,6 @@ def generate_config(prompt: str | None, method: str = "sds", prior: str | None =
         prior = ""
     cfg.prior = prior if prior else cfg.prior
     cfg = _apply_fields(cfg, steps, seed, guidance_scale)
-    if cfg.guidance.method == "dds":
-        raise ConfigError("DDS is the editing method; use the Edit tab")
     cfg.prompt, cfg.name, cfg.edit_source = prompt, "", ""
     return cfg
 
@@ -115,9 +106,9 @@ def edit_config_from_form(source_dir: Path, prompt: str | None, source_prompt: s
     prompt = _check_prompt(prompt, "a blue cube")
     cfg = edit_config(source_dir, prompt, (source_prompt or "").strip() or None)
     if config_text and config_text.strip():
-        keep = (cfg.prompt, cfg.guidance.source_prompt, cfg.edit_source)
+        keep = (cfg.prompt, cfg.guidance.dds.source_prompt, cfg.edit_source)
         cfg = apply_yaml_text(cfg, config_text, "the advanced config")
-        cfg.prompt, cfg.guidance.source_prompt, cfg.edit_source = keep
+        cfg.prompt, cfg.guidance.dds.source_prompt, cfg.edit_source = keep
         cfg.guidance.method, cfg.name = "dds", ""
     return _apply_fields(cfg, steps, None, guidance_scale)
 

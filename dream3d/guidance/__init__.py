@@ -1,4 +1,8 @@
-"""Score-distillation guidance methods and the pieces they share (timesteps, weighting, CFG, loss trick)."""
+"""Score-distillation guidance methods and the pieces they share (timesteps, weighting, CFG, loss trick).
+
+The methods are found through `dream3d.guidance.registry` (each method's file registers itself); the imports
+below only re-export the current classes.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,6 @@ from dream3d.guidance.vsd import VSDGuidance
 from dream3d.guidance.timesteps import TimestepSchedule
 from dream3d.guidance.weighting import WEIGHTINGS, weight
 
-__all__ = ["CFDGuidance", "DDSGuidance", "Guidance", "GuidanceBatch", "GuidanceOut", "NFSDGuidance", "SDSGuidance", "SSDGuidance",
-           "VSDGuidance", "TimestepSchedule", "WEIGHTINGS", "cfg_combine",
+__all__ = ["CFDGuidance", "DDSGuidance", "Guidance", "GuidanceBatch", "GuidanceOut", "NFSDGuidance", "SDSGuidance",
+           "SSDGuidance", "VSDGuidance", "TimestepSchedule", "WEIGHTINGS", "cfg_combine",
            "grad_loss", "predict_branches", "prepare_grad", "scheduled_value", "weight"]

@@ -4,7 +4,7 @@ SDS with two changes: the noise ε̃ is consistent across views (it lives on the
 `dream3d.guidance.surface_noise`), and t follows a deterministic decreasing schedule. With w = λ_t = σ_t/α_t:
 
     x_t = α_t(x + λ_t ε̃) = α_t x + σ_t ε̃
-    g   = λ_t·(ε̂_s(x_t; y, t) − ε̃)                    (CFD flow gradient, guidance.md "CFD")
+    g   = λ_t·(ε̂_s(x_t; y, t) − ε̃)                    (the CFD flow gradient, arXiv 2501.05445)
 
 which is `SDSGuidance.grad` with noise ε̃ and weighting "lambda", so only the noise and the schedule differ here.
 
@@ -20,7 +20,8 @@ Batch: depth, opacity (B,1,H,W) and cameras from the renderer (the trainer passe
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import torch
 
@@ -29,28 +30,56 @@ from dream3d.guidance.base import GuidanceOut
 from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.loss import ClampSpec, scheduled_value
 from dream3d.guidance.output import distillation_output
+from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.surface_noise import SurfaceNoise
 
 
+@dataclass
+class CFDSettings:
+    """guidance.cfd: the surface noise and its re-injection."""
+
+    subsamples: int = 8  # sub-pixels per noise pixel and axis
+    voxel_size: float = 0.0  # noise cell size in world units; 0 = automatic
+    reinject: list[float] = field(default_factory=list)  # [] off, [gamma] or [start, gamma0, gamma1, end]
+
+
+def reinject_spec(reinject: ClampSpec | Sequence[float]) -> ClampSpec:
+    """`reinject` as a `scheduled_value` spec: None or [] -> None, a number or [γ] -> γ, [s0, γ0, γ1, s1] as
+    floats; any other length is a ConfigError."""
+    if reinject is None or isinstance(reinject, (int, float)):
+        return None if reinject is None else float(reinject)
+    values = [float(v) for v in reinject]
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 4:
+        return values
+    raise ConfigError("guidance.cfd.reinject must be [], [gamma] or [start_step, gamma_start, gamma_end, end_step];"
+                      f" got {list(reinject)}")
+
+
+@register("cfd", CFDSettings, "consistent flow distillation: noise on the object's surface, deterministic "
+          "decreasing t (Yan et al., arXiv 2501.05445)")
 class CFDGuidance(SDSGuidance):
     """CFD. Arguments as `SDSGuidance` with CFD defaults (weighting "lambda", t_schedule "linear" from t_max to
     t_min; a random schedule is a ConfigError) plus:
 
     subsamples: S sub-pixels per noise pixel and axis; voxel_size: noise cell size in world units (None/0: auto);
     reinject: γ of the per-step re-injection n ← √(1−γ)n + √γ N(0,1): None, a constant, or
-        [start_step, γ_start, γ_end, end_step].
+        [start_step, γ_start, γ_end, end_step] (or the config's list form, see `reinject_spec`).
     """
 
     def __init__(self, prior: Any, weighting: str = "lambda", t_schedule: str = "linear", t_min: float = 0.2,
-                 t_max: float = 0.98, subsamples: int = 8, voxel_size: float | None = None,
-                 reinject: ClampSpec = None, **kwargs):
+                 t_max: float = 0.98, subsamples: int = CFDSettings.subsamples, voxel_size: float | None = None,
+                 reinject: ClampSpec | Sequence[float] = None, **kwargs):
         super().__init__(prior, weighting=weighting, t_schedule=t_schedule, t_min=t_min, t_max=t_max, **kwargs)
         if not self.schedule.deterministic:
             raise ConfigError(f"cfd needs a deterministic timestep schedule (linear or sqrt), got "
                               f"'{t_schedule}'; set guidance.t_schedule=linear")
         self.noise = SurfaceNoise(self.generator, subsamples=subsamples, voxel_size=voxel_size or None)
-        self.reinject = reinject
+        self.reinject = reinject_spec(reinject)
 
     def forward(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         x = self.prior.encode_images(rgb)

@@ -17,6 +17,7 @@ The target prompt is batch.prompt; view suffixes (view_dependent) and the negati
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,16 +26,27 @@ from dream3d.cameras import view_suffixes
 from dream3d.errors import PromptError
 from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine, predict_branches, tile_cameras
+from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.weighting import weight
 
 
+@dataclass
+class DDSSettings:
+    """guidance.dds: the prompt describing the source scene (`dream3d edit` sets it to the source run's)."""
+
+    source_prompt: str = ""
+
+
+@register("dds", DDSSettings, "delta denoising score, for editing a finished run with a new prompt "
+          "(dream3d edit; Hertz et al., arXiv 2304.07090)", recipe="dds-edit.yaml", editing=True)
 class DDSGuidance(SDSGuidance):
     """DDS. Arguments as `SDSGuidance` with DDS defaults (s = 7.5, uniform weighting, t in [0.05, 0.95]) plus
     source_prompt: used when the batch has no source_prompt."""
 
     def __init__(self, prior: Any, guidance_scale: float | None = 7.5, weighting: str = "uniform",
-                 t_min: float = 0.05, t_max: float = 0.95, t_schedule: str = "constant", source_prompt: str = "",
+                 t_min: float = 0.05, t_max: float = 0.95, t_schedule: str = "constant",
+                 source_prompt: str = DDSSettings.source_prompt,
                  **kwargs):
         super().__init__(prior, guidance_scale=guidance_scale, weighting=weighting, t_min=t_min, t_max=t_max,
                          t_schedule=t_schedule, **kwargs)

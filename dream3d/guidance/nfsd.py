@@ -7,7 +7,7 @@ NFSD splits the CFG prediction into a condition direction and a domain term and 
         = ε_∅ − ε_neg    otherwise           (NFSD: δ_N is removed by subtracting the negative-prompt prediction)
     g   = w(t)·(δ_D + s·δ_C)                  (the NFSD gradient: SDS's ε̂_s − ε with the noise terms dropped)
 
-(Equations are cited by the paper's names for the terms; see also shared/reference/guidance.md, "NFSD".)
+(The terms carry the paper's names, arXiv 2310.17590; its equation numbers are not cited.)
 
 t_D = 200 for the paper's 1000-step models; here t_D = round(threshold·T) with threshold = 0.2 by default, so a
 prior with T ≠ 1000 switches at the same noise-level fraction. ε_c, ε_∅ (empty prompt) and ε_neg (negative
@@ -18,6 +18,7 @@ which is how it is evaluated (so NFSD and SDS share the CFG arithmetic bit for b
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,17 +26,27 @@ import torch
 from dream3d.errors import ConfigError, PromptError
 from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine, predict_branches
+from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
 from dream3d.guidance.weighting import weight
 
 log = logging.getLogger("dream3d")
 
-# the negative prompt used by the NFSD paper (as recorded in shared/reference/guidance.md)
+# the negative prompt used by the NFSD paper (arXiv 2310.17590) for ε_neg
 NFSD_NEGATIVE_PROMPT = ("unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, dark, "
                         "low-resolution, gloomy")
 
 
+@dataclass
+class NFSDSettings:
+    """guidance.nfsd: δ_D = ε_∅ below threshold·T (the paper's 200 of 1000), ε_∅ − ε_neg above."""
+
+    threshold: float = 0.2
+
+
+@register("nfsd", NFSDSettings, "noise-free score distillation: prompt, empty and negative branches "
+          "(Katzir et al., arXiv 2310.17590)")
 class NFSDGuidance(SDSGuidance):
     """NFSD. Arguments as `SDSGuidance` (guidance_scale defaults to 7.5) plus:
 
@@ -45,11 +56,11 @@ class NFSDGuidance(SDSGuidance):
         cannot: then the empty prompt, i.e. δ_D = 0 for t ≥ t_D, with a warning).
     """
 
-    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, threshold: float = 0.2,
+    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, threshold: float = NFSDSettings.threshold,
                  negative_prompt: str | None = None, **kwargs):
         super().__init__(prior, guidance_scale=guidance_scale, **kwargs)
         if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"guidance.nfsd_threshold must lie in [0, 1]; got {threshold}")
+            raise ConfigError(f"guidance.nfsd.threshold must lie in [0, 1]; got {threshold}")
         self.threshold_t = to_index(threshold, int(prior.num_train_timesteps)) if threshold < 1.0 \
             else int(prior.num_train_timesteps)
         self.negative_prompt = negative_prompt

@@ -1,6 +1,6 @@
 """The last stage every score-distillation method shares: clamp g, inject it with the loss trick, report floats.
 
-Every method ends its `__call__` with `distillation_output`, so the convention stays one.
+Every method ends its `forward` with `distillation_output`, so the convention stays one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Score Distillation Sampling (DreamFusion, Poole et al. 2022).
+"""Score Distillation Sampling (DreamFusion, Poole et al., ICLR 2023, arXiv 2209.14988).
 
     x = prior.encode_images(rgb),  t ~ schedule,  ε ~ N(0,I),  x_t = α_t x + σ_t ε
     g = w(t)·(ε̂_s(x_t; y, t) − ε),  ε̂_s = ε_u + s(ε_c − ε_u)   (one UNet call on a 2B batch)
@@ -9,6 +9,7 @@ Per step the generator draws t first, then ε.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -18,6 +19,7 @@ from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine, predict_branches
 from dream3d.guidance.loss import ClampSpec
 from dream3d.guidance.output import distillation_output
+from dream3d.guidance.registry import register
 from dream3d.guidance.timesteps import TimestepSchedule
 from dream3d.guidance.weighting import check_weighting, weight
 
@@ -30,25 +32,31 @@ def default_guidance_scale(prior: Any) -> float:
     return float(rec) if rec is not None else DEFAULT_SCALE.get(getattr(prior, "kind", "latent"), 101.0)
 
 
+@dataclass
+class SDSSettings:
+    """SDS has no settings of its own: it is the shared ones (guidance_scale, weighting, t_*, grad_clip)."""
+
+
+@register("sds", SDSSettings, "score distillation sampling (DreamFusion, arXiv 2209.14988)")
 class SDSGuidance(Guidance):
-    """SDS. Constructor args are plain values (the config schema maps onto them).
+    """SDS. Constructor args are plain values named as the config keys `guidance.*`.
 
     guidance_scale: CFG scale s in the diffusers form (None: `default_guidance_scale(prior)`).
     weighting: "sds" | "uniform" | "fantasia3d" | "lambda".
-    t_min, t_max, t_schedule ("constant" | "step" | "sqrt" | "linear"), t_max2, t_anneal_step, t_knots:
+    t_min, t_max, t_schedule ("constant" | "step" | "sqrt" | "linear"), t_max_end, t_anneal_step, t_knots:
         see `dream3d.guidance.timesteps`.
     grad_clip: None, a constant c, or [start_step, start_c, end_c, end_step]: g is clamped element-wise to ±c.
     seed: seeds the generator for t and ε (None: random).
     """
 
     def __init__(self, prior: Any, guidance_scale: float | None = None, weighting: str = "sds",
-                 t_min: float = 0.02, t_max: float = 0.98, t_schedule: str = "constant", t_max2: float = 0.5,
+                 t_min: float = 0.02, t_max: float = 0.98, t_schedule: str = "constant", t_max_end: float = 0.5,
                  t_anneal_step: int = 5000, t_knots: Sequence[tuple[float, float]] | None = None,
                  grad_clip: ClampSpec = None, seed: int | None = 0):
         super().__init__(prior, seed)
         self.guidance_scale = default_guidance_scale(prior) if guidance_scale is None else float(guidance_scale)
         self.weighting = check_weighting(weighting)
-        self.schedule = TimestepSchedule(t_schedule, t_min, t_max, t_max2, t_anneal_step, t_knots,
+        self.schedule = TimestepSchedule(t_schedule, t_min, t_max, t_max_end, t_anneal_step, t_knots,
                                          int(prior.num_train_timesteps))
         self.grad_clip = grad_clip
 

@@ -3,9 +3,9 @@
 Source of this form. The paper's full text could not be read from this workplace (only its abstract: SDS is
 "a combination of three functional components: mode-disengaging, mode-seeking and variance-reducing terms", the
 variance-reducing term of SDS "is sub-optimal", and SSD "strategically orchestrates each term" per timestep).
-What follows is the re-implementation described in shared/reference/guidance.md ("SSD"), with the
-least-squares control-variate coefficient r = ⟨ε_c, ε⟩/‖ε‖² (that re-implementation divides by ‖ε‖, which is
-not the least-squares coefficient). No equation numbers of the paper are cited because they could not be checked.
+What follows builds SSD from that three-term decomposition, with the least-squares control-variate coefficient
+r = ⟨ε_c, ε⟩/‖ε‖² for the variance-reducing term (dividing by ‖ε‖ instead, as one re-implementation does, is not
+the least-squares coefficient). No equation numbers of the paper are cited because they could not be checked.
 
 The decomposition (exact, in dream3d's CFG convention ε̂_s = ε_u + s(ε_c − ε_u); the paper's CFG weight ω
 in ε_c + ω(ε_c − ε_u) is s − 1):
@@ -28,12 +28,14 @@ rescaled estimator is 0 everywhere: use s > 1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from dream3d.errors import ConfigError
 from dream3d.guidance.batch import GuidanceBatch
+from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
 from dream3d.guidance.weighting import weight
@@ -55,6 +57,16 @@ def ssd_terms(eps_c: torch.Tensor, eps_u: torch.Tensor, noise: torch.Tensor,
     return h, eps_tilde, r
 
 
+@dataclass
+class SSDSettings:
+    """guidance.ssd: the mode-disengaging term above threshold·T, the adaptive mode-seeking term below."""
+
+    threshold: float = 0.8
+    rescale: bool = True  # rescale the mode-seeking term to the mode-disengaging term's norm
+
+
+@register("ssd", SSDSettings, "stable score distillation: mode-disengaging or mode-seeking term by timestep "
+          "(Tang et al., arXiv 2312.09305)")
 class SSDGuidance(SDSGuidance):
     """SSD. Arguments as `SDSGuidance` (guidance_scale defaults to 7.5) plus:
 
@@ -63,11 +75,11 @@ class SSDGuidance(SDSGuidance):
     rescale: rescale the t ≤ M term to ‖h‖ per sample (the re-implementation's choice; False keeps w·ε̃).
     """
 
-    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, threshold: float = 0.8,
-                 rescale: bool = True, **kwargs):
+    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, threshold: float = SSDSettings.threshold,
+                 rescale: bool = SSDSettings.rescale, **kwargs):
         super().__init__(prior, guidance_scale=guidance_scale, **kwargs)
         if not 0.0 <= threshold <= 1.0:
-            raise ConfigError(f"guidance.ssd_threshold must lie in [0, 1]; got {threshold}")
+            raise ConfigError(f"guidance.ssd.threshold must lie in [0, 1]; got {threshold}")
         self.threshold_t = to_index(threshold, int(prior.num_train_timesteps))
         self.rescale = bool(rescale)
 

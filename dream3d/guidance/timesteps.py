@@ -4,7 +4,7 @@ Timesteps are given as fractions of T = num_train_timesteps and turned into inte
 `round(f·T)` clamped to [0, T−1]. Schedules (all called as `schedule(step, total_steps, batch, generator)`):
 
 - "constant": t ~ U{t_min·T .. t_max·T}, independently per sample (DreamFusion).
-- "step":     as constant, but the upper bound drops from t_max to t_max2 once step ≥ anneal_step
+- "step":     as constant, but the upper bound drops from t_max to t_max_end once step ≥ anneal_step
               (ProlificDreamer: 0.98 → 0.5 after 5k steps).
 - "sqrt":     deterministic, t = t_max − (t_max − t_min)·√(step/total_steps) (HiFA).
 - "linear":   deterministic, piecewise-linear in progress p = step/total_steps through `knots`
@@ -37,9 +37,9 @@ def uniform_timesteps(batch: int, t_min: float, t_max: float, num_train_timestep
     return torch.randint(lo, hi + 1, (batch,), generator=generator)
 
 
-def step_t_max(step: int, t_max: float, t_max2: float, anneal_step: int) -> float:
-    """Upper bound of the "step" schedule: t_max before `anneal_step`, t_max2 from it on."""
-    return t_max if step < anneal_step else t_max2
+def step_t_max(step: int, t_max: float, t_max_end: float, anneal_step: int) -> float:
+    """Upper bound of the "step" schedule: t_max before `anneal_step`, t_max_end from it on."""
+    return t_max if step < anneal_step else t_max_end
 
 
 def sqrt_anneal(step: int, total_steps: int, t_min: float, t_max: float) -> float:
@@ -64,7 +64,7 @@ class TimestepSchedule:
     kind: str = "constant"
     t_min: float = 0.02
     t_max: float = 0.98
-    t_max2: float = 0.5
+    t_max_end: float = 0.5
     anneal_step: int = 5000
     knots: Sequence[tuple[float, float]] | None = None
     num_train_timesteps: int = 1000
@@ -77,8 +77,8 @@ class TimestepSchedule:
         if not 0.0 <= self.t_min <= self.t_max <= 1.0:
             raise ConfigError(f"timestep range needs 0 <= t_min <= t_max <= 1, got t_min={self.t_min}, "
                               f"t_max={self.t_max}")
-        if self.kind == "step" and not self.t_min <= self.t_max2 <= 1.0:
-            raise ConfigError(f"t_max2={self.t_max2} must lie in [t_min={self.t_min}, 1]")
+        if self.kind == "step" and not self.t_min <= self.t_max_end <= 1.0:
+            raise ConfigError(f"t_max_end={self.t_max_end} must lie in [t_min={self.t_min}, 1]")
         if self.knots is not None:
             self.knots = [(float(p), float(t)) for p, t in self.knots]
             ps = [p for p, _ in self.knots]
@@ -107,6 +107,6 @@ class TimestepSchedule:
         if self.kind == "constant":
             return uniform_timesteps(batch, self.t_min, self.t_max, T, generator)
         if self.kind == "step":
-            return uniform_timesteps(batch, self.t_min, step_t_max(step, self.t_max, self.t_max2,
+            return uniform_timesteps(batch, self.t_min, step_t_max(step, self.t_max, self.t_max_end,
                                                                    self.anneal_step), T, generator)
         return torch.full((batch,), to_index(self.fraction(step, total_steps), T), dtype=torch.long)

@@ -11,15 +11,16 @@ itself a CFG over the camera: ε̂_φ = ε_φ(c=∅) + s_φ(ε_φ(c) − ε_φ(c
 
 After computing g (with the current φ) the same call trains φ one AdamW step on the detached x (VSD's φ update):
 t' ~ U{0..T−1}, ε' ~ N(0,I), camera zeroed with probability `camera_dropout`, ordinary diffusion loss. So
-`optimized_parameters()` is [] (the trainer's optimizer never sees φ) and the module's state_dict holds φ's LoRA, camera
-MLP and AdamW state (tensors only, "phi.lora.*", "phi.camera.*", "phi.opt.*"), restored exactly by `load_state_dict`. Per step the generator draws t, ε, then t', ε' and the
-camera-dropout mask. A resumed run is bitwise identical to an uninterrupted one only where φ's backward is
+`optimized_parameters()` is [] (the trainer's optimizer never sees φ) and the module's state_dict holds φ's LoRA,
+camera MLP and AdamW state (tensors only: "phi.lora.*", "phi.camera.*", "phi.opt.*"), restored exactly by
+`load_state_dict`. Per step the generator draws t, ε, then t', ε' and the camera-dropout mask. A resumed run is bitwise identical to an uninterrupted one only where φ's backward is
 deterministic: on CPU that means one intra-op thread (OMP_NUM_THREADS=1, as tests/test_trainer.py runs); with several
 threads the UNet's weight-gradient reductions differ in the last bits from run to run, resumed or not.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,10 +32,23 @@ from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine
 from dream3d.guidance.lora_phi import PhiModel, camera_input
 from dream3d.guidance.output import distillation_output
+from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.weighting import weight
 
 
+@dataclass
+class VSDSettings:
+    """guidance.vsd: φ, a LoRA + camera-embedding copy of the prior trained online with its own AdamW."""
+
+    lora_rank: int = 4
+    lora_lr: float = 0.0001  # φ's AdamW learning rate
+    camera_dropout: float = 0.1  # probability of training φ without its camera
+    lora_guidance_scale: float = 1.0  # CFG over φ's camera; 1 = camera-conditional only
+
+
+@register("vsd", VSDSettings, "variational score distillation: a LoRA + camera-embedding copy of the prior "
+          "trained online (ProlificDreamer, arXiv 2305.16213)")
 class VSDGuidance(SDSGuidance):
     """VSD. Arguments as `SDSGuidance` (guidance_scale defaults to 7.5) plus:
 
@@ -43,11 +57,12 @@ class VSDGuidance(SDSGuidance):
     train_phi: whether a call trains φ (True; False freezes φ, e.g. for evaluation).
     """
 
-    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, lora_rank: int = 4, lora_lr: float = 1e-4,
-                 camera_dropout: float = 0.1, lora_guidance_scale: float = 1.0, train_phi: bool = True, **kwargs):
+    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, lora_rank: int = VSDSettings.lora_rank,
+                 lora_lr: float = VSDSettings.lora_lr, camera_dropout: float = VSDSettings.camera_dropout,
+                 lora_guidance_scale: float = VSDSettings.lora_guidance_scale, train_phi: bool = True, **kwargs):
         super().__init__(prior, guidance_scale=guidance_scale, **kwargs)
         if not 0.0 <= camera_dropout <= 1.0:
-            raise ConfigError(f"guidance.vsd_camera_dropout must lie in [0, 1]; got {camera_dropout}")
+            raise ConfigError(f"guidance.vsd.camera_dropout must lie in [0, 1]; got {camera_dropout}")
         self.phi = PhiModel(prior, rank=lora_rank, lr=lora_lr)
         self.camera_dropout = float(camera_dropout)
         self.lora_guidance_scale = float(lora_guidance_scale)

@@ -51,6 +51,6 @@ def edit_config(source: str | Path, prompt: str, source_prompt: str | None = Non
     cfg = load_config(config_file(config) if config else recipe_path("dds-edit"), overrides, base=src_cfg)
     cfg.guidance.method = "dds"
     cfg.prompt, cfg.name = prompt, ""
-    cfg.guidance.source_prompt = source_prompt or src_cfg.prompt
+    cfg.guidance.dds.source_prompt = source_prompt or src_cfg.prompt
     cfg.edit_source = str(run.path.resolve())
     return cfg
