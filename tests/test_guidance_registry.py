@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -113,8 +114,11 @@ class HalfGuidance(SDSGuidance):
 
 CHECK = '''
 import sys
+from pathlib import Path
 import dream3d.guidance
+from dream3d import recipes
 dream3d.guidance.__path__.append(sys.argv[1])  # the new file sits in a folder of the package
+recipes._package_dir = lambda name: Path(sys.argv[2])  # the shipped recipes plus the new one
 from dream3d.app import forms
 from dream3d.cli import build_parser
 from dream3d.config import load_config
@@ -133,12 +137,15 @@ print("ok")
 
 
 def test_a_new_method_is_one_file(tmp_path):
-    """A method file in the package (here: a folder appended to its path) is a config section, a valid
-    `guidance.method`, built by `build_guidance`, listed by the app and by `--help`, without any other edit."""
+    """A method file in the package (here: a folder appended to its path) plus its recipe is a config section, a
+    valid `guidance.method`, built by `build_guidance`, listed by the app and by `--help`, without any other edit."""
     (tmp_path / "methods").mkdir()
     (tmp_path / "methods" / "half.py").write_text(textwrap.dedent(NEW_METHOD))
     (tmp_path / "check.py").write_text(CHECK)
-    r = subprocess.run([sys.executable, str(tmp_path / "check.py"), str(tmp_path / "methods")], capture_output=True,
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    (tmp_path / "configs" / "half.yaml").write_text("guidance:\n  method: half\n  half: {factor: 0.5}\n")
+    r = subprocess.run([sys.executable, str(tmp_path / "check.py"), str(tmp_path / "methods"), str(tmp_path / "configs")],
+                       capture_output=True,
                        text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}",
                                       "OMP_NUM_THREADS": "1"}, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

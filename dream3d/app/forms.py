@@ -26,9 +26,9 @@ EDIT_EDITOR_HELP = EDITOR_HELP.replace("the method's recipe (configs/<method>.ya
 
 
 def methods() -> dict[str, Path]:
-    """Generation methods (the guidance registry's, less the editing ones; sds first) and their shipped recipes."""
-    names = sorted((n for n, spec in guidance_methods().items() if not spec.editing), key=lambda n: (n != "sds", n))
-    return {name: recipe_path(guidance_methods()[name].recipe) for name in names}
+    """Generation methods (the guidance registry's, less the editing ones) and their shipped recipes; a missing
+    recipe is a ConfigError."""
+    return {name: recipe_path(spec.recipe) for name, spec in guidance_methods().items() if not spec.editing}
 
 
 def method_config(method: str) -> RunConfig:
