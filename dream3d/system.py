@@ -10,6 +10,7 @@ from dream3d.config import RunConfig
 from dream3d.errors import ConfigError
 from dream3d.guidance import registry
 from dream3d.guidance.base import Guidance
+from dream3d.priors.protocol import DiffusionPrior
 
 log = logging.getLogger("dream3d")
 
@@ -23,7 +24,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_guidance(cfg: RunConfig, prior) -> Guidance:
+def build_guidance(cfg: RunConfig, prior: DiffusionPrior) -> Guidance:
     """The guidance method named by `cfg.guidance.method` (`dream3d.guidance.registry`), with the shared
     schedule/weighting settings and the method's own section `guidance.<method>`."""
     g = cfg.guidance

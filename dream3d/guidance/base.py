@@ -7,14 +7,13 @@ A guidance method is an `nn.Module` called as `guidance(rgb, batch, step) -> Gui
 - step: the optimization step (0-based).
 `loss.backward()` delivers ∂/∂rgb; the prior never receives gradients.
 
-The prior is duck-typed: anything with `encode_text`, `encode_images`, `eps`, `alphas_cumprod`,
+The prior is a `dream3d.priors.protocol.DiffusionPrior`: anything with `encode_text`, `encode_images`, `eps`, `alphas_cumprod`,
 `num_train_timesteps` (and optionally `kind`, `recommended_cfg`) works, e.g. analytic denoisers in tests.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -23,6 +22,7 @@ from dream3d.errors import PromptError
 from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.diffusion import alpha_sigma, forward_diffusion
 from dream3d.guidance.state import TensorState, attach_shared
+from dream3d.priors.protocol import DiffusionPrior
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Guidance(TensorState):
     timesteps and noise, seeded here; its state is the state_dict entry "rng_state", so a resumed run draws the
     same t and ε. Subclasses add their own state as submodules (VSD's "phi.*", CFD's "noise.*")."""
 
-    def __init__(self, prior: Any, seed: int | None = 0):
+    def __init__(self, prior: DiffusionPrior, seed: int | None = 0):
         super().__init__()
         attach_shared(self, "prior", prior)
         self.generator = torch.Generator()

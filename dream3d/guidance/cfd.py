@@ -21,7 +21,7 @@ Batch: depth, opacity (B,1,H,W) and cameras from the renderer (the trainer passe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -33,6 +33,7 @@ from dream3d.guidance.output import distillation_output
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.surface_noise import SurfaceNoise
+from dream3d.priors.protocol import DiffusionPrior
 
 
 @dataclass
@@ -71,7 +72,7 @@ class CFDGuidance(SDSGuidance):
         [start_step, γ_start, γ_end, end_step] (or the config's list form, see `reinject_spec`).
     """
 
-    def __init__(self, prior: Any, weighting: str = "lambda", t_schedule: str = "linear", t_min: float = 0.2,
+    def __init__(self, prior: DiffusionPrior, weighting: str = "lambda", t_schedule: str = "linear", t_min: float = 0.2,
                  t_max: float = 0.98, subsamples: int = CFDSettings.subsamples, voxel_size: float | None = None,
                  reinject: ClampSpec | Sequence[float] = None, **kwargs):
         super().__init__(prior, weighting=weighting, t_schedule=t_schedule, t_min=t_min, t_max=t_max, **kwargs)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from dream3d.cameras import Cameras
+from dream3d.priors.protocol import DiffusionPrior
 
 
 def cfg_combine(eps_u: torch.Tensor, eps_c: torch.Tensor, scale: float) -> torch.Tensor:
@@ -28,7 +29,7 @@ def tile_cameras(cameras: Cameras | torch.Tensor | None, k: int) -> Cameras | to
     return Cameras(*(torch.cat([getattr(cameras, f.name)] * k) for f in fields(Cameras)))
 
 
-def predict_branches(prior: Any, x_t: torch.Tensor, t: torch.Tensor, embs: Sequence[torch.Tensor],
+def predict_branches(prior: DiffusionPrior, x_t: torch.Tensor, t: torch.Tensor, embs: Sequence[torch.Tensor],
                      cameras: Cameras | torch.Tensor | None = None) -> list[torch.Tensor]:
     """ε-predictions for several conditions in one UNet call with batch k·B.
 

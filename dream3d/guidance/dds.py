@@ -18,7 +18,6 @@ The target prompt is batch.prompt; view suffixes (view_dependent) and the negati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -29,6 +28,7 @@ from dream3d.guidance.cfg import cfg_combine, predict_branches, tile_cameras
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.weighting import weight
+from dream3d.priors.protocol import DiffusionPrior
 
 
 @dataclass
@@ -44,7 +44,7 @@ class DDSGuidance(SDSGuidance):
     """DDS. Arguments as `SDSGuidance` with DDS defaults (s = 7.5, uniform weighting, t in [0.05, 0.95]) plus
     source_prompt: used when the batch has no source_prompt."""
 
-    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, weighting: str = "uniform",
+    def __init__(self, prior: DiffusionPrior, guidance_scale: float | None = 7.5, weighting: str = "uniform",
                  t_min: float = 0.05, t_max: float = 0.95, t_schedule: str = "constant",
                  source_prompt: str = DDSSettings.source_prompt,
                  **kwargs):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,7 @@ from dream3d.cameras import Cameras, camera_features
 from dream3d.errors import ConfigError
 from dream3d.guidance.diffusion import alpha_sigma, forward_diffusion
 from dream3d.guidance.state import TensorState, attach_shared
+from dream3d.priors.protocol import DiffusionPrior
 
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 _names = itertools.count()
@@ -88,7 +89,7 @@ class PhiModel(TensorState):
     a submodule.
     """
 
-    def __init__(self, prior: Any, rank: int = 4, lr: float = 1e-4):
+    def __init__(self, prior: DiffusionPrior, rank: int = 4, lr: float = 1e-4):
         super().__init__()
         unet = getattr(prior, "unet", None)
         if unet is None or not hasattr(unet, "add_adapter"):

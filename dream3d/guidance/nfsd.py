@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -30,6 +29,7 @@ from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
 from dream3d.guidance.weighting import weight
+from dream3d.priors.protocol import DiffusionPrior
 
 log = logging.getLogger("dream3d")
 
@@ -56,7 +56,7 @@ class NFSDGuidance(SDSGuidance):
         cannot: then the empty prompt, i.e. δ_D = 0 for t ≥ t_D, with a warning).
     """
 
-    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, threshold: float = NFSDSettings.threshold,
+    def __init__(self, prior: DiffusionPrior, guidance_scale: float | None = 7.5, threshold: float = NFSDSettings.threshold,
                  negative_prompt: str | None = None, **kwargs):
         super().__init__(prior, guidance_scale=guidance_scale, **kwargs)
         if not 0.0 <= threshold <= 1.0:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, TypeVar
 
 from dream3d.errors import ConfigError
+from dream3d.priors.protocol import DiffusionPrior
 
 T = TypeVar("T", bound=type)
 
@@ -90,7 +91,7 @@ def markdown_table() -> str:
     return "\n".join(["| method | recipe | what it does |", "|---|---|---|", *rows])
 
 
-def build(name: str, prior: Any, common: Mapping[str, Any], settings: Any = None) -> Any:
+def build(name: str, prior: DiffusionPrior, common: Mapping[str, Any], settings: Any = None) -> Any:
     """The method `name` on `prior`: `cls(prior, **common, **settings)`.
 
     common: the keywords every method takes (`SDSGuidance`'s: guidance_scale, weighting, t_min, t_max,

@@ -6,16 +6,15 @@ methods, so a prior is exercised exactly as score distillation uses it.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from dream3d.cameras import Cameras
 from dream3d.guidance.cfg import cfg_combine, predict_branches
+from dream3d.priors.protocol import DiffusionPrior
 
 
 @torch.no_grad()
-def sample_images(prior: Any, prompts: list[str], cameras: Cameras | None = None, steps: int = 50,
+def sample_images(prior: DiffusionPrior, prompts: list[str], cameras: Cameras | None = None, steps: int = 50,
                   guidance_scale: float = 3.0, seed: int = 0, negative_prompt: str = "",
                   chunk: int = 64, progress=None) -> torch.Tensor:
     """Sample one image per prompt; returns rgb (B,3,H,W) in [0,1] (decoded for latent priors).

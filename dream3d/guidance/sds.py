@@ -10,7 +10,7 @@ Per step the generator draws t first, then ε.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
@@ -22,11 +22,12 @@ from dream3d.guidance.output import distillation_output
 from dream3d.guidance.registry import register
 from dream3d.guidance.timesteps import TimestepSchedule
 from dream3d.guidance.weighting import check_weighting, weight
+from dream3d.priors.protocol import DiffusionPrior
 
 DEFAULT_SCALE = {"latent": 101.0, "pixel": 21.0}  # DreamFusion-style values (SD / DeepFloyd IF), diffusers form
 
 
-def default_guidance_scale(prior: Any) -> float:
+def default_guidance_scale(prior: DiffusionPrior) -> float:
     """The prior's `recommended_cfg` (dream3d_prior.json) if any, else 101 for latent and 21 for pixel priors."""
     rec = getattr(prior, "recommended_cfg", None)
     return float(rec) if rec is not None else DEFAULT_SCALE.get(getattr(prior, "kind", "latent"), 101.0)
@@ -49,7 +50,7 @@ class SDSGuidance(Guidance):
     seed: seeds the generator for t and ε (None: random).
     """
 
-    def __init__(self, prior: Any, guidance_scale: float | None = None, weighting: str = "sds",
+    def __init__(self, prior: DiffusionPrior, guidance_scale: float | None = None, weighting: str = "sds",
                  t_min: float = 0.02, t_max: float = 0.98, t_schedule: str = "constant", t_max_end: float = 0.5,
                  t_anneal_step: int = 5000, t_knots: Sequence[tuple[float, float]] | None = None,
                  grad_clip: ClampSpec = None, seed: int | None = 0):

@@ -29,7 +29,6 @@ rescaled estimator is 0 everywhere: use s > 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -39,6 +38,7 @@ from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
 from dream3d.guidance.weighting import weight
+from dream3d.priors.protocol import DiffusionPrior
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ class SSDGuidance(SDSGuidance):
     rescale: rescale the t ≤ M term to ‖h‖ per sample (the re-implementation's choice; False keeps w·ε̃).
     """
 
-    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, threshold: float = SSDSettings.threshold,
+    def __init__(self, prior: DiffusionPrior, guidance_scale: float | None = 7.5, threshold: float = SSDSettings.threshold,
                  rescale: bool = SSDSettings.rescale, **kwargs):
         super().__init__(prior, guidance_scale=guidance_scale, **kwargs)
         if not 0.0 <= threshold <= 1.0:

@@ -21,7 +21,6 @@ threads the UNet's weight-gradient reductions differ in the last bits from run t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -35,6 +34,7 @@ from dream3d.guidance.output import distillation_output
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.weighting import weight
+from dream3d.priors.protocol import DiffusionPrior
 
 
 @dataclass
@@ -57,7 +57,7 @@ class VSDGuidance(SDSGuidance):
     train_phi: whether a call trains φ (True; False freezes φ, e.g. for evaluation).
     """
 
-    def __init__(self, prior: Any, guidance_scale: float | None = 7.5, lora_rank: int = VSDSettings.lora_rank,
+    def __init__(self, prior: DiffusionPrior, guidance_scale: float | None = 7.5, lora_rank: int = VSDSettings.lora_rank,
                  lora_lr: float = VSDSettings.lora_lr, camera_dropout: float = VSDSettings.camera_dropout,
                  lora_guidance_scale: float = VSDSettings.lora_guidance_scale, train_phi: bool = True, **kwargs):
         super().__init__(prior, guidance_scale=guidance_scale, **kwargs)
