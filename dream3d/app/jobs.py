@@ -108,8 +108,8 @@ class RunManager:
     """Bounded FIFO queue + `runs_per_device` worker threads per device.
 
     execute(job) does the work (the app uses `dream3d.app.worker.run_job`: the generation pipeline); it sets
-    job.state to a final state or raises. A Dream3DError becomes job.error (one line); any other exception is logged with its
-    traceback on the server and shown as one line.
+    job.state to a final state or raises. A Dream3DError becomes job.error (one line); any other exception is
+    logged with its traceback on the server and shown as one line.
     """
 
     def __init__(self, execute: Callable[[Job], None], runs_per_device: int = 1, max_queue: int = 8):

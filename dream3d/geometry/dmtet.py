@@ -92,8 +92,8 @@ class DMTetGeometry(nn.Module):
 
     def anchor_penalty(self, band: float = 2.0) -> torch.Tensor:
         """Sum over the vertices within `band` cells of the starting surface of ((sdf − sdf_anchor) / cell)²:
-        keeps the surface near where the stage started (the NeRF's, see `dream3d.stages.nerf_to_dmtet`) unless the guidance
-        keeps pushing it (SDS on the mesh otherwise inflates shapes by a steady fraction of a cell)."""
+        keeps the surface near where the stage started (the NeRF's, see `dream3d.stages.nerf_to_dmtet`) unless the
+        guidance keeps pushing it (SDS on the mesh otherwise inflates shapes by a steady fraction of a cell)."""
         near = self.sdf_anchor.abs() < band * self.cell
         return (((self.sdf - self.sdf_anchor) / self.cell)[near] ** 2).sum()
 

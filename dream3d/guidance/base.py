@@ -7,8 +7,9 @@ A guidance method is an `nn.Module` called as `guidance(rgb, batch, step) -> Gui
 - step: the optimization step (0-based).
 `loss.backward()` delivers ∂/∂rgb; the prior never receives gradients.
 
-The prior is a `dream3d.priors.protocol.DiffusionPrior`: anything with `encode_text`, `encode_images`, `eps`, `alphas_cumprod`,
-`num_train_timesteps` (and optionally `kind`, `recommended_cfg`) works, e.g. analytic denoisers in tests.
+The prior is a `dream3d.priors.protocol.DiffusionPrior`: anything with `encode_text`, `encode_images`, `eps`,
+`alphas_cumprod`, `num_train_timesteps` (and optionally `kind`, `recommended_cfg`) works, e.g. analytic denoisers
+in tests.
 """
 
 from __future__ import annotations
