@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _run(args: list, env: dict, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs `args` in `cwd`; a non-zero exit fails the test with the command and the ends of its output."""
     r = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
     command = " ".join(str(a) for a in args)
     assert r.returncode == 0, f"{command} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -39,12 +40,13 @@ def _run(args: list, env: dict, cwd: Path, timeout: int = 600) -> subprocess.Com
 
 
 def _saved_config(run_dir: Path) -> dict:
+    """The resolved config a run saved in its folder, as plain YAML data."""
     return yaml.safe_load((run_dir / "config.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """(environment, work folder) of a fresh venv with the wheel built from this checkout installed in it."""
+    """(environment, empty work folder, venv) of a fresh venv with the wheel built from this checkout in it."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
     shutil.copytree(ROOT, src, ignore=NOT_SOURCE)  # a clean copy: no stale build/ leaks into the wheel
@@ -58,7 +60,8 @@ def installed(tmp_path_factory):
                DREAM3D_EXT_CACHE=str(tmp / "ext-cache"), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     work = tmp / "work"
     work.mkdir()
-    return env, work, venv
+    yield env, work, venv
+    shutil.rmtree(venv, ignore_errors=True)  # about 1.6 GB, torch included
 
 
 def test_the_installed_package_is_not_the_checkout(installed):
