@@ -1,6 +1,6 @@
 # Two entry points do all the set-up on a fresh machine (see README.md):
 #   make run    - create .venv, install dream3d (CPU torch), generate the default prompt with the bundled prior
-#   make test   - create .venv, install dream3d + test tools, run the test suite
+#   make test   - create .venv, install dream3d + test tools, run the test suite (all of it, the slow tests too)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -28,7 +28,7 @@ $(BIN)/dream3d: pyproject.toml
 	fi
 	mkdir -p .cache && touch $@
 
-.PHONY: install run test
+.PHONY: install run test test-quick
 install: $(BIN)/dream3d
 
 run: $(BIN)/dream3d
@@ -36,3 +36,7 @@ run: $(BIN)/dream3d
 
 test: $(BIN)/dream3d .cache/node/node_modules/gltf-validator/package.json .cache/app-test-deps
 	$(BIN)/python -m pytest -q
+
+# the edit-test loop: everything but the tests marked slow (see README, Tests)
+test-quick: $(BIN)/dream3d
+	$(BIN)/python -m pytest -q -m "not slow"

@@ -73,6 +73,7 @@ def image_stats(png: bytes) -> tuple[float, int]:
     return float(arr.std()), len(np.unique(arr.reshape(-1, 3), axis=0))
 
 
+@pytest.mark.slow
 def test_generate_view_download_screenshot(app, page, tmp_path):
     from playwright.sync_api import expect
 
@@ -139,6 +140,7 @@ def test_generate_view_download_screenshot(app, page, tmp_path):
     assert std > 20 and colours > 200, (std, colours)  # not blank
 
 
+@pytest.mark.slow
 def test_stop_keeps_partial_result_in_gallery(app, page):
     from playwright.sync_api import expect
 
@@ -171,6 +173,7 @@ def test_stop_keeps_partial_result_in_gallery(app, page):
     expect(page.locator("#open-glb a[download]")).to_have_count(1)
 
 
+@pytest.mark.slow
 def test_user_mistakes_are_shown_in_the_page(app, page):
     from playwright.sync_api import expect
 
@@ -196,6 +199,7 @@ def test_user_mistakes_are_shown_in_the_page(app, page):
     assert "Traceback" not in page.content()
 
 
+@pytest.mark.slow
 def test_api_streams_previews_and_ends_with_glb(app):
     from gradio_client import Client
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here runs dream3d batch in subprocesses (12 to 90 s each on 2 cores)
+
 TINY = ["steps=6", "checkpoint_every=2", "preview_every=100", "device=cpu", "geometry.n_levels=4",
         "geometry.log2_hashmap_size=12", "geometry.mlp_width=16", "render.height=32", "render.width=32",
         "render.batch_size=1", "render.samples_per_ray=24", "export.resolution=32", "export.texture_size=64",

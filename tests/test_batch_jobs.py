@@ -171,6 +171,7 @@ def test_cli_exit_status_for_a_mistake_in_a_real_process(tmp_path):
     assert r.returncode == 2 and r.stderr.strip() == f"dream3d: error: prompts file not found: {tmp_path / 'none.txt'}"
 
 
+@pytest.mark.slow
 def test_jobs_of_one_worker_share_its_prior_and_give_the_same_result(tmp_path):
     """run_job in-process: events, outputs, and a reused prior changes nothing."""
     import torch

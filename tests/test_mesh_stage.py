@@ -84,6 +84,7 @@ def two_stage(tmp_path_factory):
     return run, r
 
 
+@pytest.mark.slow
 def test_two_stage_generate_runs_nerf_then_mesh(two_stage):
     run, r = two_stage
     assert r.returncode == 0, r.stderr
@@ -101,6 +102,7 @@ def test_two_stage_generate_runs_nerf_then_mesh(two_stage):
     assert init["faces"] > 100
 
 
+@pytest.mark.slow
 def test_refine_exports_the_dmtet_mesh_itself(two_stage, tmp_path):
     """`dream3d refine` with another guidance method; the exported OBJ is the DMTet mesh (no marching cubes)."""
     run, r = two_stage
@@ -127,6 +129,7 @@ def test_refine_exports_the_dmtet_mesh_itself(two_stage, tmp_path):
     (lambda run, tmp: ["refine", str(tmp / "nowhere")], "not a dream3d run folder"),
     (lambda run, tmp: ["refine", str(run.with_name("cube-mesh"))], "starts from a NeRF run"),
 ])
+@pytest.mark.slow
 def test_refine_user_mistakes_exit_2(two_stage, tmp_path, make_args, needle):
     run, _ = two_stage
     r = run_cli(*make_args(run, tmp_path))
@@ -147,6 +150,7 @@ def test_score_geometry_of_a_mesh_stage(shape, truth, good):
         assert s["iou"] < 0.5 and s["chamfer"] > 0.05
 
 
+@pytest.mark.slow
 def test_bench_shapes_with_stages(tmp_path):
     from dream3d.bench_shapes import bench_shapes, format_table
 
@@ -163,6 +167,7 @@ def test_bench_shapes_with_stages(tmp_path):
     assert "sds    nerf  MEAN" in table and "sds    mesh  MEAN" in table
 
 
+@pytest.mark.slow
 def test_batch_runs_both_stages_of_a_two_stage_recipe(tmp_path):
     """A batch job with the two-stage recipe trains the NeRF, then the mesh stage, and exports the mesh run."""
     prompts = tmp_path / "prompts.txt"

@@ -45,6 +45,7 @@ def test_generate_writes_run_folder(tmp_path):
     assert "a blue sphere" in (run / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     steps = ["--steps", "12", "checkpoint_every=4", "--seed", "3"]
     ref = tmp_path / "ref"
@@ -75,6 +76,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     assert steps_logged[-1] == 12 and set(range(1, 13)) <= set(steps_logged)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_checkpoint(tmp_path):
     run = tmp_path / "term"
     proc = subprocess.Popen([sys.executable, "-m", "dream3d.cli", "generate", "a red cube", "--out", str(run),
@@ -109,6 +111,7 @@ def test_user_mistakes_exit_2_with_one_line(args, needle, tmp_path):
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_edit_with_the_source_prompt_changes_nothing_and_a_new_prompt_does(tmp_path):
     src = tmp_path / "src"
     assert generate(["a red cube", "--out", str(src), "--steps", "4", *SMALL]).returncode == 0

@@ -2,8 +2,9 @@
 
 The sources are the installed package data `dream3d.extensions` (the repository's `extensions/`, see
 dream3d.recipes), or `$DREAM3D_EXT_SRC`. Built on first use into `$DREAM3D_EXT_CACHE` (default
-`~/.cache/dream3d/extensions`) and cached there by torch (rebuilt only when a source or flag changes). `DREAM3D_NO_EXT=1` disables building. A failed build logs one line
-and returns None, so callers fall back to the torch reference.
+`~/.cache/dream3d/extensions`) and cached there by torch (rebuilt only when a source or flag changes).
+`DREAM3D_NO_EXT=1` disables building. A failed build logs one line and returns None, so callers fall back to the
+torch reference.
 """
 
 from __future__ import annotations
