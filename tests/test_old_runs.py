@@ -57,7 +57,7 @@ def test_old_run_resumes_exactly_as_the_old_version_did(old_run):
 def test_old_run_refines_edits_and_exports(old_run, tmp_path):
     mesh = tmp_path / "mesh"
     r = cli("refine", str(old_run), "--steps", "2", "--out", str(mesh), "guidance.method=sds", *MESH_SMALL,
-            "export.turntable=false", "export.texture_size=64")
+            "export.enabled=true", "export.turntable=false", "export.texture_size=64")
     assert r.returncode == 0, r.stderr
     cfg = load_config(mesh / "config.yaml")
     assert cfg.stage == "mesh" and Path(cfg.init_from) == old_run.resolve()
