@@ -39,8 +39,7 @@ def run_and_export(cfg: RunConfig, run: RunFolder, label: str = "generate") -> i
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from dream3d.config import load_config
-    from dream3d.recipes import config_file
+    from dream3d.pipeline import generation_config
     from dream3d.run_folder import RunFolder, default_run_dir
 
     texts, a.overrides = split_words(a.words)
@@ -59,7 +58,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
         for key, value in (("prior", a.prior), ("seed", a.seed), ("steps", a.steps), ("device", a.device)):
             if value is not None:
                 overrides.append(f"{key}={value}")
-        cfg = load_config(config_file(a.config), overrides)
+        cfg, chosen = generation_config(a.config, overrides)
+        print(f"dream3d: {chosen}", file=sys.stderr)
         cfg.prompt = a.prompt  # data, never parsed as YAML or interpolated
         if not cfg.prompt.strip():
             raise Dream3DError("the prompt is empty; try for example 'a red cube'")

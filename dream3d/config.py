@@ -129,6 +129,9 @@ class LossConfig:
     opacity_sparsity: float = 0.0  # mean opacity penalty (fights halos)
     opacity_entropy: float = 0.0  # binary entropy of opacity (pushes towards 0/1)
     orientation: float = 0.0  # DreamFusion orientation loss on normals facing away from the camera
+    # [start_step, start_weight, end_weight, end_step]: the orientation weight ramps linearly (threestudio's
+    # lambda_orient schedule form); [] keeps `orientation` constant
+    orientation_ramp: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -404,6 +407,10 @@ def validate(cfg: RunConfig) -> None:
     g = cfg.guidance
     if not (0.0 <= g.t_min < g.t_max <= 1.0):
         raise ConfigError(f"guidance.t_min/t_max must satisfy 0 <= t_min < t_max <= 1; got {g.t_min}, {g.t_max}")
+    ramp = cfg.loss.orientation_ramp
+    if ramp and (len(ramp) != 4 or ramp[3] < ramp[0] or min(ramp[1], ramp[2]) < 0):
+        raise ConfigError("loss.orientation_ramp must be [] or [start_step, start_weight, end_weight, end_step] with "
+                          f"end_step >= start_step and weights >= 0; got {ramp!r}")
     probs = cfg.render.shading_probs
     if len(probs) != 3 or any(p < 0 for p in probs) or sum(probs) <= 0:
         raise ConfigError("render.shading_probs must be 3 non-negative numbers (albedo, lambertian, textureless)")

@@ -24,6 +24,7 @@ from dream3d.errors import Dream3DError, DivergedError, PromptError
 from dream3d.events import Event, EventCallback, ignore_events
 from dream3d.fileio import save_image, write_json_atomic
 from dream3d.guidance.batch import GuidanceBatch
+from dream3d.guidance.loss import scheduled_value
 from dream3d.priors.protocol import DiffusionPrior
 from dream3d.render.output import RenderOut
 from dream3d.run_folder import RunFolder
@@ -180,8 +181,9 @@ class Trainer:
         if loss_cfg.opacity_entropy > 0:
             ent = -(opacity * opacity.log() + (1 - opacity) * (1 - opacity).log()).mean()
             extra["entropy"] = loss_cfg.opacity_entropy * ent
-        if loss_cfg.orientation > 0 and out.orient is not None:
-            extra["orientation"] = loss_cfg.orientation * out.orient.mean()
+        orientation = scheduled_value(loss_cfg.orientation_ramp or loss_cfg.orientation, self.step)
+        if orientation > 0 and out.orient is not None:
+            extra["orientation"] = orientation * out.orient.mean()
         if out.regularizer is not None:
             extra["mesh_reg"] = out.regularizer
         return extra

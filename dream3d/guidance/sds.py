@@ -22,15 +22,14 @@ from dream3d.guidance.output import distillation_output
 from dream3d.guidance.registry import register
 from dream3d.guidance.timesteps import TimestepSchedule
 from dream3d.guidance.weighting import check_weighting, weight
+from dream3d.priors.kinds import distillation_scale
 from dream3d.priors.protocol import DiffusionPrior
-
-DEFAULT_SCALE = {"latent": 101.0, "pixel": 21.0}  # DreamFusion-style values (SD / DeepFloyd IF), diffusers form
 
 
 def default_guidance_scale(prior: DiffusionPrior) -> float:
-    """The prior's `recommended_cfg` (dream3d_prior.json) if any, else 101 for latent and 21 for pixel priors."""
-    rec = getattr(prior, "recommended_cfg", None)
-    return float(rec) if rec is not None else DEFAULT_SCALE.get(getattr(prior, "kind", "latent"), 101.0)
+    """The prior's `recommended_cfg` (dream3d_prior.json) if any, else 101 for latent and 21 for pixel priors
+    (`dream3d.priors.kinds.distillation_scale`)."""
+    return distillation_scale(getattr(prior, "kind", "latent"), getattr(prior, "recommended_cfg", None))
 
 
 @dataclass

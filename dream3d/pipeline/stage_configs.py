@@ -1,5 +1,12 @@
-"""The run configs of the stages that start from a finished run: `dream3d refine` (the mesh stage of a NeRF run)
-and `dream3d edit` (DDS editing of a run towards a new prompt).
+"""The run configs a generation starts from: `generation_config` (a new run: the recipe that suits the prior),
+and the stages that start from a finished run: `dream3d refine` (the mesh stage of a NeRF run) and `dream3d edit`
+(DDS editing of a run towards a new prompt).
+
+A new run without `--config` takes the recipe of its prior's kind: the bundled (or any shapes-world) prior the
+CPU default (`cpu-default`), a latent Stable-Diffusion-style prior `sd-<method>` (`sd-sds` unless
+`guidance.method` names another method that has an `sd-` recipe), a pixel DeepFloyd-IF-style prior `if-<method>`
+likewise. A guidance scale that neither the recipe nor the overrides set is the prior's own
+(`dream3d.priors.kinds.distillation_scale`: its metadata's, else 101 latent / 21 pixel).
 
 The mesh stage's config is the NeRF run's config <- the `mesh` recipe (or `--config FILE|RECIPE`) <- the NeRF run's
 `mesh.refine_overrides` <- command-line `key=value` overrides <- `--steps` (else the NeRF run's
@@ -14,11 +21,60 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from dream3d.config import RunConfig, load_config
 from dream3d.errors import Dream3DError
-from dream3d.recipes import config_file, recipe_path
+from dream3d.priors.kinds import inspect_prior
+from dream3d.recipes import config_file, recipe_names, recipe_path
 from dream3d.run_folder import RunFolder
 
+KIND_PREFIX = {"latent": "sd-", "pixel": "if-"}
+CPU_DEFAULT = "cpu-default"
+
+
+def recipe_for_prior(kind: str, method: str = "sds") -> str:
+    """The shipped recipe for a prior of `kind` ("shapes" | "latent" | "pixel") and a guidance method."""
+    prefix = KIND_PREFIX.get(kind)
+    if prefix is None:
+        return CPU_DEFAULT
+    names = recipe_names()
+    return prefix + method if prefix + method in names else prefix + "sds"
+
+
+def _sets_scale(path: Path | None, overrides: list[str] | tuple[str, ...]) -> bool:
+    """Whether the recipe file or an override gives `guidance.guidance_scale`."""
+    if any(o.split("=", 1)[0].strip() == "guidance.guidance_scale" for o in overrides):
+        return True
+    if path is None:
+        return False
+    data = yaml.safe_load(path.read_text()) or {}
+    section = data.get("guidance") if isinstance(data, dict) else None
+    return isinstance(section, dict) and "guidance_scale" in section
+
+
+def generation_config(config: str | Path | None = None,
+                      overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, str]:
+    """(the RunConfig of a new generation, one line saying which recipe and scale it uses).
+
+    config: a recipe file or a shipped recipe's name; None picks the recipe of the prior's kind (module doc).
+    overrides: `key=value` items (`prior=...`, `guidance.method=...` included). ConfigError / ModelLoadError (one
+    line) for mistakes.
+    """
+    path = config_file(config)
+    cfg = load_config(path, overrides)
+    info = inspect_prior(cfg.prior or None)
+    if path is None:
+        name = recipe_for_prior(info.kind, cfg.guidance.method)
+        path = recipe_path(name)
+        cfg = load_config(path, overrides)
+        chosen = f"recipe {name} for {info.describe()} (--config chooses another)"
+    else:
+        chosen = f"config {path}"
+    if not _sets_scale(path, overrides):
+        cfg.guidance.guidance_scale = info.guidance_scale
+        chosen += f"; guidance scale {info.guidance_scale:g}, the prior's default"
+    return cfg, chosen
 
 
 def mesh_stage_config(source: str | Path, config: str | Path | None = None, overrides: list[str] = (),

@@ -10,17 +10,15 @@ from pathlib import Path
 import torch
 
 from dream3d.errors import ModelLoadError
+from dream3d.priors.kinds import BUNDLED_PRIOR_DIR, is_bundled
 from dream3d.priors.prior import Prior
-
-BUNDLED_PRIOR_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapes_prior"
-BUNDLED_ALIASES = ("bundled", "shapes")
 
 
 def load_prior(name_or_path: str | Path | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None) -> Prior:
     """Load a prior: a diffusers folder, a hub id, or None / "bundled" for the bundled shapes prior
     (`dream3d/assets/shapes_prior/`). Raises ModelLoadError with one line when it cannot be loaded."""
-    if name_or_path is None or (str(name_or_path) in BUNDLED_ALIASES and not Path(str(name_or_path)).exists()):
+    if is_bundled(name_or_path):
         if not (BUNDLED_PRIOR_DIR / "model_index.json").is_file():
             raise ModelLoadError(f"the bundled shapes prior is missing (expected at {BUNDLED_PRIOR_DIR}); "
                                  "train it with `dream3d prior train` or pass a prior folder or hub id")
