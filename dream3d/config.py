@@ -31,6 +31,7 @@ from dream3d.errors import ConfigError
 from dream3d.guidance.registry import methods as guidance_methods
 from dream3d.guidance.timesteps import SCHEDULES
 from dream3d.guidance.weighting import WEIGHTINGS
+from dream3d.priors.memory import PRECISIONS, MemoryOptions
 from dream3d.stages import stage_names
 
 log = logging.getLogger("dream3d")
@@ -170,6 +171,7 @@ class MeshConfig:
 class RunConfig:
     prompt: str = "a red cube"
     prior: str = ""  # hub id or local folder; empty = the bundled shapes prior
+    prior_memory: MemoryOptions = field(default_factory=MemoryOptions)  # the prior's precision, slicing, offload
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     steps: int = 1200
@@ -191,6 +193,7 @@ class RunConfig:
 
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
+    "prior_memory.precision": ("auto", *PRECISIONS),
     "mesh.backend": ("auto", "torch", "nvdiffrast"),
     "geometry.encoding_backend": ("auto", "cpp", "cuda", "tcnn", "torch"),
     "geometry.normal_type": ("finite_difference", "forward_difference", "analytic"),

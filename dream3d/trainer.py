@@ -62,7 +62,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if prior is None:
             from dream3d.priors import load_prior
-            prior = load_prior(cfg.prior or None, device=self.device)
+            prior = load_prior(cfg.prior or None, device=self.device, memory=cfg.prior_memory)
         self.prior = prior
         if prior.strict_vocabulary:
             prior.check_prompt(cfg.prompt)

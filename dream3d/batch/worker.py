@@ -28,7 +28,7 @@ from typing import Callable
 PROGRESS_EVERY_S = 0.5
 THUMBNAIL_SIZE = 128
 PRIOR_MUTATING_METHODS = ("vsd",)  # VSD adds a LoRA and a hook to the prior's UNet: such jobs load their own
-_prior_cache: dict[tuple[str, str], object] = {}  # this worker's last prior, reused by its next jobs
+_prior_cache: dict[tuple[str, str, str], object] = {}  # this worker's last prior, reused by its next jobs
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:
@@ -71,10 +71,10 @@ def shared_prior(cfg):
     from dream3d.system import resolve_device
 
     device = resolve_device(cfg.device)
-    key = (cfg.prior, str(device))
+    key = (cfg.prior, str(device), repr(cfg.prior_memory))
     if key not in _prior_cache:
         _prior_cache.clear()
-        _prior_cache[key] = load_prior(cfg.prior or None, device=device)
+        _prior_cache[key] = load_prior(cfg.prior or None, device=device, memory=cfg.prior_memory)
     return _prior_cache[key]
 
 

@@ -11,11 +11,12 @@ import torch
 
 from dream3d.errors import ModelLoadError
 from dream3d.priors.kinds import BUNDLED_PRIOR_DIR, is_bundled
+from dream3d.priors.memory import MemoryOptions
 from dream3d.priors.prior import Prior
 
 
 def load_prior(name_or_path: str | Path | None = None, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> Prior:
+               dtype: torch.dtype | None = None, memory: MemoryOptions | None = None) -> Prior:
     """Load a prior: a diffusers folder, a hub id, or None / "bundled" for the bundled shapes prior
     (`dream3d/assets/shapes_prior/`). Raises ModelLoadError with one line when it cannot be loaded."""
     if is_bundled(name_or_path):
@@ -23,7 +24,7 @@ def load_prior(name_or_path: str | Path | None = None, device: str | torch.devic
             raise ModelLoadError(f"the bundled shapes prior is missing (expected at {BUNDLED_PRIOR_DIR}); "
                                  "train it with `dream3d prior train` or pass a prior folder or hub id")
         name_or_path = BUNDLED_PRIOR_DIR
-    return Prior.from_pretrained(name_or_path, device=device, dtype=dtype)
+    return Prior.from_pretrained(name_or_path, device=device, dtype=dtype, memory=memory)
 
 
 __all__ = ["BUNDLED_PRIOR_DIR", "Prior", "load_prior"]

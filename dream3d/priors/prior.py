@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from dream3d.cameras import Cameras, camera_features
 from dream3d.errors import PromptError
+from dream3d.priors.memory import MemoryOptions, apply_memory_options
 from dream3d.priors.loading import NEEDED, OPTIONAL, _spec, fail, load_component, read_index
 from dream3d.priors.prediction import drop_learned_variance, to_eps
 
@@ -81,8 +82,11 @@ class Prior:
     # --- loading ----------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | torch.device = "cpu",
-                        dtype: torch.dtype | None = None) -> "Prior":
+                        dtype: torch.dtype | None = None, memory: MemoryOptions | None = None) -> "Prior":
         """Load a diffusers-layout folder or hub id (SD 1.x/2.x, DeepFloyd IF stage I, dream3d shapes prior).
+
+        dtype: of the text encoder and UNet (None: `memory.precision`, by default fp16 on CUDA and fp32 on the
+        CPU); memory: the memory options (`dream3d.priors.memory`).
 
         Raises ModelLoadError ("cannot load prior 'X': <reason>") for missing folders, unreachable hub ids,
         missing/broken components.
@@ -90,13 +94,16 @@ class Prior:
         name = str(name_or_path)
         index, meta, _ = read_index(name)
         dev = torch.device(device)
-        dt = dtype or (torch.float16 if dev.type == "cuda" else torch.float32)
+        memory = memory or MemoryOptions()
+        dt = dtype or memory.dtype(dev)
         comps = {c: load_component(name, index, c, dt) for c in NEEDED}
         for c in OPTIONAL:
             if _spec(index, c):
                 comps[c] = load_component(name, index, c, torch.float32)
-        return cls(name, comps["tokenizer"], comps["text_encoder"], comps["unet"], comps["scheduler"],
-                   comps.get("vae"), meta, dev, dt)
+        prior = cls(name, comps["tokenizer"], comps["text_encoder"], comps["unet"], comps["scheduler"],
+                    comps.get("vae"), meta, dev, dt)
+        apply_memory_options(prior.unet, prior.text_encoder, prior.vae, memory, dev)
+        return prior
 
     # --- text -------------------------------------------------------------------------------------------------
     @torch.no_grad()
