@@ -86,3 +86,23 @@ def test_generate_without_config_saves_the_sd_recipe_and_says_so(folders, tmp_pa
     saved = load_config(run / "config.yaml")
     assert (saved.guidance.guidance_scale, saved.render.height, saved.render.width) == (101.0, 64, 64)
     assert saved.prior == str(folders["sd"]) and saved.camera.distance_range == [1.5, 2.0]
+
+
+def test_the_app_and_batch_pick_the_same_recipes(folders, tmp_path):
+    from dream3d.app import forms
+    from dream3d.batch.jobs import build_jobs, parse_prompts
+
+    cfg = forms.generate_config("a hamburger", "sds", str(folders["sd"]))
+    assert (cfg.guidance.guidance_scale, cfg.render.height, cfg.steps) == (101.0, 64, 10000)
+    assert forms.method_config("vsd", str(folders["sd"])).steps == 25000  # sd-vsd
+    assert forms.method_config("sds", "").guidance.guidance_scale == 10.0  # configs/sds.yaml, bundled
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(f'{{"prompt": "a hamburger", "prior": "{folders["if"]}"}}\n{{"prompt": "a red cube"}}\n')
+    jobs = build_jobs(parse_prompts(prompts), seeds=[0], prompts_dir=tmp_path)
+    assert [j.cfg.guidance.guidance_scale for j in jobs] == [21.0, 10.0]
+    assert jobs[0].cfg.render.height == 64 and jobs[1].cfg == _with(load_config(None, ["seed=0"]), "a red cube")
+
+
+def _with(cfg, prompt):
+    cfg.prompt, cfg.name = prompt, ""
+    return cfg

@@ -12,6 +12,8 @@ from pathlib import Path
 from dream3d.config import RunConfig, apply_yaml_text, load_config
 from dream3d.errors import ConfigError, PromptError
 from dream3d.guidance.registry import methods as guidance_methods
+from dream3d.pipeline import generation_config
+from dream3d.priors.kinds import inspect_prior
 from dream3d.recipes import recipe_path
 
 EDITOR_HELP = """\
@@ -31,16 +33,28 @@ def methods() -> dict[str, Path]:
     return {name: recipe_path(spec.recipe) for name, spec in guidance_methods().items() if not spec.editing}
 
 
-def method_config(method: str) -> RunConfig:
-    """Schema defaults + configs/<method>.yaml; ConfigError for an unknown method."""
+def method_config(method: str, prior: str | None = "") -> RunConfig:
+    """The recipe of `method` for `prior`: configs/<method>.yaml for the bundled prior (and shapes-world ones), the
+    prior kind's recipe (`sd-<method>`, `if-<method>`: `dream3d.pipeline.generation_config`) for the others;
+    ConfigError for an unknown method, ModelLoadError for a prior that cannot be read."""
     table = methods()
     if method not in table:
         if method in guidance_methods():
             raise ConfigError(f"{method} edits a finished run; use the Edit tab")
         raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(table)}")
+    prior = _prior_field(prior)
+    if prior and inspect_prior(prior).kind != "shapes":
+        cfg, _ = generation_config(None, [f"prior={prior}", f"guidance.method={method}"])
+        return cfg
     cfg = load_config(table[method])
     cfg.guidance.method = method
     return cfg
+
+
+def _prior_field(prior: str | None) -> str:
+    """The prior form field as a config value: "" for the bundled prior (empty, bundled, shapes, default)."""
+    prior = (prior or "").strip()
+    return "" if prior.lower() in ("bundled", "shapes", "default") else prior
 
 
 def edit_defaults() -> tuple[int, float]:
@@ -85,13 +99,11 @@ def generate_config(prompt: str | None, method: str = "sds", prior: str | None =
                     guidance_scale=None, config_text: str = "") -> RunConfig:
     """The validated RunConfig of a generation; Dream3DError (one line) for any user mistake."""
     prompt = _check_prompt(prompt)
-    cfg = method_config(method)
+    prior = _prior_field(prior)
+    cfg = method_config(method, prior)
     if config_text and config_text.strip():
         cfg = apply_yaml_text(cfg, config_text, "the advanced config")
         cfg.guidance.method = method
-    prior = (prior or "").strip()
-    if prior.lower() in ("bundled", "shapes", "default"):
-        prior = ""
     cfg.prior = prior if prior else cfg.prior
     cfg = _apply_fields(cfg, steps, seed, guidance_scale)
     cfg.prompt, cfg.name, cfg.edit_source = prompt, "", ""

@@ -6,8 +6,9 @@ JSONL (`.jsonl`): one JSON object per line with a `prompt` and optional per-job 
     {"prompt": "a red cube", "seed": 3, "steps": 600, "method": "vsd", "config": "configs/vsd.yaml",
      "prior": "path/or/hub-id", "overrides": ["guidance.guidance_scale=7.5"]}   # or {"key": value, ...}
 
-Settings resolve as: the job's `config` file (else the batch `--config`) <- the batch's key=value overrides <- the
-job's `overrides` <- its `method` / `seed` / `steps` / `prior`. A job's name is `<prompt slug>-s<seed>-<hash>`
+Settings resolve as: the job's `config` file (else the batch `--config`, else the recipe of the job's prior kind:
+`dream3d.pipeline.generation_config`) <- the batch's key=value overrides <- the job's `overrides` <- its `method` /
+`seed` / `steps` / `prior`. A job's name is `<prompt slug>-s<seed>-<hash>`
 where the hash covers the whole resolved config, so the same prompt file and settings always give the same
 names (and run folders), and changing a setting gives a new job.
 """
@@ -182,6 +183,8 @@ def build_jobs(specs: Sequence[JobSpec], config: str | None = None, overrides: S
     The batch-wide config and overrides are validated first (a mistake there raises ConfigError); a job whose
     own settings are invalid becomes a Job with `error` set.
     """
+    from dream3d.pipeline import generation_config
+
     load_config(config, overrides)  # batch-wide mistakes stop the batch before anything runs
     jobs: list[Job] = []
     seen: set[str] = set()
@@ -194,7 +197,7 @@ def build_jobs(specs: Sequence[JobSpec], config: str | None = None, overrides: S
                     extra.append(f"{key}={value}")
             cfg_file = _config_path(spec.config, Path(prompts_dir)) if spec.config else config
             try:
-                cfg = load_config(cfg_file, [*overrides, *extra])
+                cfg, _ = generation_config(cfg_file, [*overrides, *extra])
                 cfg.prompt, cfg.name = spec.prompt, ""  # data, never parsed
                 _absolute_prior(cfg)
                 name, error = job_name(spec.prompt, cfg.seed, settings_hash(cfg)), ""
