@@ -210,13 +210,6 @@ def self_check(backend: str, device: torch.device) -> SelfCheck:
         return _checks[key][1]
 
 
-def cached_self_check(backend: str, device: torch.device) -> SelfCheck | None:
-    """The verdict already reached for (backend, device) in this process, or None."""
-    with _check_lock:
-        cached = _checks.get((backend, _device_key(device)))
-        return cached[1] if cached is not None else None
-
-
 def reset_self_checks() -> None:
     """Forget verdicts and logged choices (tests swap kernels in and out)."""
     with _check_lock:
