@@ -30,8 +30,6 @@ import torch
 from dream3d.encoding import backends as hashgrid
 from dream3d.encoding import extension
 from dream3d.errors import Dream3DError
-from dream3d.render.nerfacc_backend import nerfacc_available
-from dream3d.render.rasterize import nvdiffrast_available
 
 REQUIRABLE = ("cpp", "cuda", "tcnn", "nerfacc", "nvdiffrast")
 EXIT_REQUIRED_MISSING = 1
@@ -171,6 +169,9 @@ def _system_rows(cuda: torch.device | None) -> list[tuple[str, str]]:
 
 def diagnose() -> Diagnosis:
     """Look at this install (builds the kernels if they are not cached yet) and describe it."""
+    from dream3d.render.nerfacc_backend import nerfacc_available  # the renderers only when diagnosing
+    from dream3d.render.rasterize import nvdiffrast_available
+
     cpu = torch.device("cpu")
     cuda = torch.device("cuda") if torch.cuda.is_available() else None
     d = Diagnosis()
