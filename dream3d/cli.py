@@ -1,4 +1,4 @@
-"""`dream3d` command line: generate | edit | refine | export | batch | prior train|sample|eval | bench.
+"""`dream3d` command line: generate | edit | refine | export | batch | prior train|sample|eval | bench | doctor.
 
 User mistakes print one line (`dream3d: error: ...`) and exit 2. `generate` prints the run folder as the last
 line of stdout; progress goes to stderr.
@@ -166,6 +166,12 @@ def cmd_bench_shapes(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(a: argparse.Namespace) -> int:
+    from dream3d.doctor import run_doctor
+
+    return run_doctor(a.require)
+
+
 def _device(name: str) -> str:
     from dream3d.system import resolve_device
     return str(resolve_device(name))
@@ -281,6 +287,18 @@ def _add_bench_commands(sub) -> None:
     sh.set_defaults(func=cmd_bench_shapes)
 
 
+def _add_doctor_command(sub) -> None:
+    """doctor."""
+    from dream3d.doctor import REQUIRABLE
+
+    d = sub.add_parser("doctor", help="check the install: device, versions, which backends auto picks and why",
+                       description="Print the device, torch/CUDA versions, which backend auto picks for the hash "
+                       "grid, ray marching and rasterizer and why, the free disk in the kernel cache, and a verdict.")
+    d.add_argument("--require", action="append", default=[], choices=REQUIRABLE, metavar="BACKEND",
+                   help=f"exit with status 1 unless BACKEND works (repeatable): {', '.join(REQUIRABLE)}")
+    d.set_defaults(func=cmd_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dream3d", description="Text to 3D by score distillation.")
     p.add_argument("-v", "--verbose", action="store_true", help="log backend choices and details")
@@ -289,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_prior_commands(sub)
     _add_bench_commands(sub)
+    _add_doctor_command(sub)
     from dream3d.batch.command import add_batch_parser  # dream3d batch (see dream3d/batch/)
     add_batch_parser(sub)
     return p
