@@ -630,6 +630,14 @@ def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def first_difference(a: RunConfig, b: RunConfig) -> tuple[str, typing.Any, typing.Any] | None:
+    """(dotted key, a's value, b's value) of the first setting (in schema order) two configs differ in, or None."""
+    for (key, va), (_, vb) in zip(_values(a), _values(b)):
+        if va != vb:
+            return key, va, vb
+    return None
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (reloadable with `load_config`), through a temporary sibling and a rename
     (a crash or a full disk never leaves half a config)."""
