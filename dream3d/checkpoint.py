@@ -23,8 +23,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from dream3d.errors import Dream3DError
-from dream3d.fileio import safe_text
+from dream3d.errors import Dream3DError, safe_text
 
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dream3d.console import progress_bar, quiet_libraries, split_words
@@ -42,7 +41,7 @@ def _resume(a: argparse.Namespace) -> tuple[RunFolder, RunConfig]:
     """The run folder and config `generate --resume` continues: only what a resume can honour (more steps) may
     be given; a prompt or setting that contradicts the run is a Dream3DError."""
     from dream3d.config import check_range, first_difference, load_config
-    from dream3d.fileio import safe_text
+    from dream3d.errors import safe_text
     from dream3d.run_folder import RunFolder
 
     run = RunFolder(a.resume)
@@ -364,7 +363,7 @@ MESSAGE_LIMIT = 280  # characters of an error line after "dream3d: error: "
 
 def _error(message: object) -> None:
     """Print one error line: control characters escaped, at most MESSAGE_LIMIT characters of message."""
-    from dream3d.fileio import safe_text
+    from dream3d.errors import safe_text
     print(f"dream3d: error: {safe_text(message, MESSAGE_LIMIT)}", file=sys.stderr)
 
 

@@ -36,8 +36,8 @@ from pathlib import Path
 import yaml
 
 from dream3d.cameras import AZIMUTH_RANGE, DISTANCE, ELEVATION_RANGE, FOV_DEG
-from dream3d.errors import ConfigError, Dream3DError
-from dream3d.fileio import read_text, safe_text
+from dream3d.errors import ConfigError, safe_text
+from dream3d.fileio import read_text
 from dream3d.guidance.registry import methods as guidance_methods
 from dream3d.guidance.timesteps import SCHEDULES
 from dream3d.guidance.weighting import WEIGHTINGS

@@ -1,5 +1,5 @@
-"""Small file helpers every layer may use: atomic JSON writes, reading user files with one-line errors, text
-safe to print in a message, safe folder names, PNG strips."""
+"""Small file helpers every layer may use: atomic JSON writes, reading user files with one-line errors, safe
+folder names, PNG strips."""
 
 from __future__ import annotations
 
@@ -8,28 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from dream3d.errors import Dream3DError
-
-MESSAGE_TEXT_LIMIT = 200  # characters of user text shown in a message; the rest is counted
-
-
-def safe_text(text: object, limit: int = MESSAGE_TEXT_LIMIT) -> str:
-    r"""`text` (or its str) fit to print inside a one-line message: every character that is not printable
-    (control characters such as ESC or CR, line breaks, bidi overrides, bytes that were not UTF-8) shown as its
-    escape, then cut to `limit` characters with a count of what was cut.
-
-    >>> print(safe_text("a" + chr(27) + "[31mred" + chr(13)))
-    a\x1b[31mred\r
-    >>> safe_text("x" * 250)[-26:]
-    'xx... (50 more characters)'
-    """
-    text = str(text)
-    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
-                    for ch in text)
-    if len(shown) <= limit:
-        return shown
-    return f"{shown[:limit]}... ({len(shown) - limit} more characters)"
-
+from dream3d.errors import Dream3DError, safe_text
 
 def read_text(path: str | Path, what: str = "file") -> str:
     """The UTF-8 text of `path`; a Dream3DError naming the file when it is missing, unreadable or not UTF-8."""

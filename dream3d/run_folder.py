@@ -38,8 +38,8 @@ from typing import Any, Iterator
 
 from dream3d.checkpoint import find_checkpoint, load_checkpoint, load_module_tensors
 from dream3d.config import RunConfig, first_difference, load_config, save_config
-from dream3d.errors import Dream3DError
-from dream3d.fileio import safe_text, slugify, write_json_atomic
+from dream3d.errors import Dream3DError, safe_text
+from dream3d.fileio import slugify, write_json_atomic
 from dream3d.render.protocol import Renderer
 from dream3d.stages import build_renderer
 from dream3d.system import resolve_device
