@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-MESSAGE_LIMIT = 280  # characters of an error line after "dream3d: error: "
+MESSAGE_LIMIT = 240  # characters of an error message (the line also holds "dream3d: error: " and the count cut)
 
 
 def _error(message: object) -> None:

@@ -578,7 +578,7 @@ def check_text(key: str, text: str, limit: int | None = None) -> None:
         raise ConfigError(f"config key '{key}' is not valid UTF-8 text: {safe_text(text)}") from None
     if limit is not None and len(text) > limit:
         raise ConfigError(f"config key '{key}' is {len(text)} characters long (at most {limit}): "
-                          f"{safe_text(text)}")
+                          f"{safe_text(text, 80)}")
 
 
 def validate(cfg: RunConfig) -> None:

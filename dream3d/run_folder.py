@@ -213,18 +213,27 @@ class RunFolder:
         where = safe_text(self.path)
         fresh = f"continue it with dream3d generate --resume {where}, or give a fresh --out"
         if not self.is_marked():
-            what = "a run of an older dream3d" if self.is_run() else "files that are not a dream3d run"
-            raise Dream3DError(f"--out {where} already holds {what}; "
-                               + (fresh if self.is_run() else "give a fresh --out"))
+            if self._is_old_run():
+                raise Dream3DError(f"--out already holds a run of an older dream3d; {fresh}")
+            raise Dream3DError(f"--out {where} already holds files that are not a dream3d run; give a fresh --out")
         saved = self.read_config()
         if self.read_status().get("state") == "done":
-            raise Dream3DError(f"--out {where} holds a finished run of '{safe_text(saved.prompt, 80)}'; give a "
-                               f"fresh --out (or more steps: dream3d generate --resume {where} --steps N)")
+            raise Dream3DError(f"--out holds a finished run of '{safe_text(saved.prompt, 60)}'; give a fresh --out "
+                               f"(or more steps: dream3d generate --resume {where} --steps N)")
         diff = first_difference(saved, cfg)
         if diff:
             key, there, here = diff
-            raise Dream3DError(f"--out {where} holds a run with other settings ({key}: {safe_text(repr(there), 60)}"
-                               f" there, {safe_text(repr(here), 60)} here); {fresh}")
+            raise Dream3DError(f"--out holds a run with other settings ({key}: {safe_text(repr(there), 40)} there, "
+                               f"{safe_text(repr(here), 40)} here); {fresh}")
+
+    def _is_old_run(self) -> bool:
+        """Whether an unmarked folder holds a run written by an older dream3d (a loadable config.yaml and a
+        status.json with a state)."""
+        try:
+            self.read_config()
+        except Dream3DError:
+            return False
+        return "state" in self.read_status()
 
     def check_not_inside(self, source: str | Path, command: str) -> None:
         """Dream3DError when this (output) folder is the source run `source`, or inside it, or holds it."""
