@@ -174,7 +174,7 @@ class RunFolder:
         """The config the run was started with; Dream3DError when the folder is not a run or its config.yaml is
         damaged (the message names the file)."""
         if not self.path.is_dir():
-            raise Dream3DError(f"{safe_text(self.path)} is not a folder")
+            raise Dream3DError(f"{safe_text(self.path)} is not a dream3d run folder (no such folder)")
         if not self.is_run():
             raise Dream3DError(f"{safe_text(self.path)} is not a dream3d run folder (no config.yaml)")
         return load_config(self.config)

@@ -159,7 +159,7 @@ def test_hostile_command_lines_get_one_line_and_change_nothing(finished, tmp_pat
         (["generate", "--resume", src, "--seed", "9"], "cannot change seed"),
         (["generate", "--resume", src, "render.height=32"], "cannot change render.height"),
         (["generate", "--resume", src, "--out", out], "drop --out"),
-        (["generate", "--resume", str(tmp_path / "nothing")], "is not a folder"),
+        (["generate", "--resume", str(tmp_path / "nothing")], "no such folder"),
         (["export", str(foreign)], "yaml"),
     ]
     for how in ("cut", "empty", "header", "meta"):
