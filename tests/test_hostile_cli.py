@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hostile_support import DAMAGES, damage_checkpoint
 from safetensors.torch import load_file
 
 SMALL = ["geometry.n_levels=4", "geometry.log2_hashmap_size=12", "geometry.mlp_width=16", "render.height=16",
@@ -83,17 +84,9 @@ def finished(tmp_path_factory) -> Path:
 def _damaged(finished: Path, root: Path, name: str, how: str) -> str:
     run = root / name
     shutil.copytree(finished, run)
-    for slot in ("checkpoint", "checkpoint.prev"):
-        t = run / slot / "tensors.safetensors"
-        data = t.read_bytes()
-        if how == "cut":
-            t.write_bytes(data[: len(data) // 2])
-        elif how == "empty":
-            t.write_bytes(b"")
-        elif how == "header":
-            t.write_bytes(b"\x00" * 8 + data[8:])
-        elif how == "meta":
-            (run / slot / "meta.json").write_text("not json {")
+    if how in DAMAGES:
+        for slot in ("checkpoint", "checkpoint.prev"):
+            damage_checkpoint(run / slot, how)
     if how == "config-latin1":
         (run / "config.yaml").write_bytes((run / "config.yaml").read_bytes().replace(b"a red cube", b"caf\xe9"))
     elif how == "config-arch":

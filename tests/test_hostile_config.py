@@ -13,6 +13,7 @@ from dream3d import checkpoint as ckpt
 from dream3d.config import (BOUNDS, MAX_YAML_DEPTH, MAX_YAML_NODES, RunConfig, apply_yaml_text, get, load_config,
                             valid_keys, validate_run)
 from dream3d.errors import ConfigError, Dream3DError, safe_text
+from hostile_support import DAMAGES, damage_checkpoint
 
 
 def _key_type(key: str):
@@ -173,34 +174,17 @@ def _tensors(v: float) -> dict:
     return {"w": torch.full((64,), v), "step": torch.tensor([int(v)])}
 
 
-def _damage(folder, how: str) -> None:
-    t = folder / ckpt.TENSORS_FILE
-    data = t.read_bytes()
-    if how == "cut":
-        t.write_bytes(data[: len(data) // 2])
-    elif how == "empty":
-        t.write_bytes(b"")
-    elif how == "header":
-        t.write_bytes(b"\xff" * 8 + data[8:])
-    elif how == "flip":  # same size, one byte changed: only the checksum sees it
-        t.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    elif how == "meta":
-        (folder / ckpt.META_FILE).write_text("{garbage")
-    elif how == "meta-binary":
-        (folder / ckpt.META_FILE).write_bytes(b"\x80\x81\x82")
-
-
-@pytest.mark.parametrize("how", ["cut", "empty", "header", "flip", "meta", "meta-binary"])
+@pytest.mark.parametrize("how", DAMAGES)
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, how, caplog):
     path = tmp_path / "checkpoint"
     ckpt.save_checkpoint(path, _tensors(1), {"step": 1})
     ckpt.save_checkpoint(path, _tensors(2), {"step": 2})
-    _damage(path, how)
+    damage_checkpoint(path, how)
     with caplog.at_level("WARNING", logger="dream3d"):
         tensors, meta = ckpt.load_checkpoint(path)
     assert meta["step"] == 1 and torch.equal(tensors["w"], torch.full((64,), 1.0))
     assert "skipped a damaged checkpoint" in caplog.text and "step 1" in caplog.text
-    _damage(path.with_name("checkpoint.prev"), how)
+    damage_checkpoint(path.with_name("checkpoint.prev"), how)
     with pytest.raises(ckpt.CheckpointError) as err:
         ckpt.load_checkpoint(path)
     assert "checkpoint" in str(err.value) and len(str(err.value)) < 300 and "\n" not in str(err.value)
