@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dream3d.console import progress_bar, quiet_libraries, split_words
@@ -38,19 +37,64 @@ def run_and_export(cfg: RunConfig, run: RunFolder, label: str = "generate") -> i
     return 0
 
 
+def _resume(a: argparse.Namespace) -> tuple[RunFolder, RunConfig]:
+    """The run folder and config `generate --resume` continues: only what a resume can honour (more steps) may
+    be given; a prompt or setting that contradicts the run is a Dream3DError."""
+    from dream3d.config import check_range, first_difference, load_config
+    from dream3d.errors import safe_text
+    from dream3d.run_folder import RunFolder
+
+    run = RunFolder(a.resume)
+    cfg = run.read_config()
+    where = safe_text(run.path)
+    if a.out or a.config:
+        raise Dream3DError(f"--resume continues {where} with its own config in its own folder; drop "
+                           f"{'--out' if a.out else '--config'} (or start a fresh run without --resume)")
+    if a.prompt is not None and a.prompt != cfg.prompt:
+        raise Dream3DError(f"--resume continues {where}, whose prompt is '{safe_text(cfg.prompt, 80)}'; drop the "
+                           f"prompt '{safe_text(a.prompt, 80)}' or start a fresh run")
+    overrides = [*a.overrides, *(f"{k}={v}" for k, v in (("prior", a.prior), ("seed", a.seed), ("device", a.device))
+                                 if v is not None)]
+    diff = first_difference(cfg, load_config(None, overrides, base=cfg))
+    if diff:
+        key, there, given = diff
+        raise Dream3DError(f"--resume cannot change {key} ({safe_text(repr(there), 60)} in {where}, "
+                           f"{safe_text(repr(given), 60)} given); start a fresh run for other settings")
+    if a.steps is not None:
+        check_range("steps", a.steps, "--steps")
+        done = run.read_status().get("step")
+        if isinstance(done, int) and a.steps < done:
+            raise Dream3DError(f"--steps {a.steps}: {where} is already at step {done}; give at least {done}")
+        cfg.steps = a.steps
+    return run, cfg
+
+
+def _new_run(cfg: RunConfig, out: str | None, command: str, source: str | None = None) -> RunFolder:
+    """The output run folder of `command` for `cfg`, checked before anything loads: `out` (never the source
+    run, a file, or a folder holding anything but an unfinished run of the same settings), else a fresh folder
+    under outputs/ (`cfg.name` when set)."""
+    from dream3d.run_folder import RunFolder, default_run_dir, reserve_run_dir
+
+    if out is None and not cfg.name:
+        return RunFolder(reserve_run_dir(default_run_dir(cfg).path))
+    run = RunFolder(out) if out is not None else default_run_dir(cfg)
+    if source is not None:
+        run.check_not_inside(source, command)
+    run.check_new_run(cfg)
+    run.check_target()
+    return run
+
+
 def cmd_generate(a: argparse.Namespace) -> int:
+    from dream3d.config import validate_run
     from dream3d.pipeline import generation_config
-    from dream3d.run_folder import RunFolder, default_run_dir
 
     texts, a.overrides = split_words(a.words)
     if len(texts) > 1:
         raise Dream3DError(f"give one prompt in quotes, e.g. dream3d generate \"a red cube\"; got {len(texts)} words")
     a.prompt = texts[0] if texts else None
     if a.resume:
-        run = RunFolder(a.resume)
-        cfg = run.read_config()
-        if a.steps is not None:
-            cfg.steps = a.steps
+        run, cfg = _resume(a)
     else:
         if a.prompt is None:
             raise Dream3DError("give a prompt, e.g. dream3d generate \"a red cube\" (or --resume RUN_DIR)")
@@ -63,13 +107,15 @@ def cmd_generate(a: argparse.Namespace) -> int:
         cfg.prompt = a.prompt  # data, never parsed as YAML or interpolated
         if not cfg.prompt.strip():
             raise Dream3DError("the prompt is empty; try for example 'a red cube'")
-        run = RunFolder(a.out) if a.out else default_run_dir(cfg)
-    return run_and_export(cfg, run)
+        validate_run(cfg)
+        run = _new_run(cfg, a.out, "generate")
+    with run.locked("generate"):
+        return run_and_export(cfg, run)
 
 
 def cmd_edit(a: argparse.Namespace) -> int:
+    from dream3d.config import validate_run
     from dream3d.pipeline import edit_config
-    from dream3d.run_folder import RunFolder, default_run_dir
 
     texts, overrides = split_words(a.words)
     if texts:
@@ -77,10 +123,14 @@ def cmd_edit(a: argparse.Namespace) -> int:
     if a.steps is not None:
         overrides.append(f"steps={a.steps}")
     cfg = edit_config(a.run_dir, a.prompt, a.source_prompt, a.config, overrides)
-    return run_and_export(cfg, RunFolder(a.out) if a.out else default_run_dir(cfg), "edit")
+    validate_run(cfg)
+    run = _new_run(cfg, a.out, "edit", source=a.run_dir)
+    with run.locked("edit"):
+        return run_and_export(cfg, run, "edit")
 
 
 def cmd_refine(a: argparse.Namespace) -> int:
+    from dream3d.config import validate_run
     from dream3d.pipeline import mesh_stage_config
     from dream3d.run_folder import RunFolder
 
@@ -88,17 +138,32 @@ def cmd_refine(a: argparse.Namespace) -> int:
     if texts:
         raise Dream3DError(f"unexpected argument {texts[0]!r}; overrides look like key=value")
     cfg = mesh_stage_config(a.run_dir, a.config, overrides, a.steps)
-    return run_and_export(cfg, RunFolder(a.out) if a.out else RunFolder(a.run_dir).mesh_stage, "refine")
+    validate_run(cfg)
+    if a.out:
+        run = _new_run(cfg, a.out, "refine", source=a.run_dir)
+    else:  # RUN-mesh: a second refine of the same run resumes it
+        run = RunFolder(a.run_dir).mesh_stage
+        run.check_target()
+    with run.locked("refine"):
+        return run_and_export(cfg, run, "refine")
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    from dream3d.config import check_range
     from dream3d.pipeline import export_run
     from dream3d.run_folder import RunFolder
 
     run = RunFolder(a.run_dir)
     formats = [f.strip() for f in a.format.split(",") if f.strip()]
-    export_run(run, formats=formats, resolution=a.resolution, texture_size=a.texture,
-               turntable=not a.no_turntable, log=lambda m: print(m, file=sys.stderr))
+    unknown = [f for f in formats if f not in ("glb", "obj")]
+    if unknown or not formats:
+        raise Dream3DError(f"--format takes glb and/or obj, comma-separated; got {a.format!r}")
+    check_range("export.resolution", a.resolution, "--resolution")
+    check_range("export.texture_size", a.texture, "--texture")
+    run.read_config()  # a run folder (and a readable config) before the lock creates anything
+    with run.locked("export"):
+        export_run(run, formats=formats, resolution=a.resolution, texture_size=a.texture,
+                   turntable=not a.no_turntable, log=lambda m: print(m, file=sys.stderr))
     print(run.export)
     return 0
 
@@ -313,24 +378,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+MESSAGE_LIMIT = 240  # characters of an error message (the line also holds "dream3d: error: " and the count cut)
+
+
+def _error(message: object) -> None:
+    """Print one error line: control characters escaped, at most MESSAGE_LIMIT characters of message."""
+    from dream3d.errors import safe_text
+    print(f"dream3d: error: {safe_text(message, MESSAGE_LIMIT)}", file=sys.stderr)
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a file-system failure (a full disk, a read-only or virtual file system, permissions)."""
+    import errno
+
+    what = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return f"{e.filename}: {what}" if e.filename else what
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    a, extra = parser.parse_known_args(argv)
-    # positionals after options (dream3d generate --steps 5 "a red cube" k=v) land in `extra`
-    bad = [x for x in extra if x.startswith("-") or not hasattr(a, "words")]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    if extra:
-        a.words = list(a.words) + extra
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(name)s: %(message)s")
-    quiet_libraries()
     try:
+        parser = build_parser()
+        a, extra = parser.parse_known_args(argv)
+        # positionals after options (dream3d generate --steps 5 "a red cube" k=v) land in `extra`
+        bad = [x for x in extra if x.startswith("-") or not hasattr(a, "words")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        if extra:
+            a.words = list(a.words) + extra
+        logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(name)s: %(message)s")
+        quiet_libraries()
         return a.func(a)
     except DivergedError as e:
-        print(f"dream3d: error: {e}", file=sys.stderr)
+        _error(e)
         return EXIT_DIVERGED
     except Dream3DError as e:
-        print(f"dream3d: error: {e}", file=sys.stderr)
+        _error(e)
+        return EXIT_USAGE
+    except OSError as e:
+        _error(_os_error(e))
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("dream3d: interrupted", file=sys.stderr)

@@ -12,6 +12,13 @@ The guidance section is built from `dream3d.guidance.registry`: the shared setti
 method with settings of its own (`guidance: {method: vsd, vsd: {lora_rank: 4}}`). Configs written before the
 sections existed spell those settings flat (`guidance.vsd_lora_rank`, `guidance.source_prompt`, see
 `FLAT_GUIDANCE_KEYS`); they still load, in files, saved run configs and overrides, with one deprecation line.
+
+Validation (`validate`, run by every load, the app's `apply_yaml_text` and batch) checks types, choices, list
+lengths, finite numbers (no setting documents NaN or inf), the range of every number (`BOUNDS`: the sizes that
+cost memory or time have upper bounds, named in the message) and cross-field rules; `validate_run` adds the
+rules that only a run can break (DDS needs an edit source). YAML numbers load in every usual spelling (`1e-3`,
+`.5`, `1_000`, `5E+2`); a YAML text is refused with one line when it is larger than `MAX_YAML_CHARS`, nests
+deeper than `MAX_YAML_DEPTH` or expands (through aliases) to more than `MAX_YAML_NODES` values.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ import copy
 import dataclasses
 import difflib
 import logging
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +36,8 @@ from pathlib import Path
 import yaml
 
 from dream3d.cameras import AZIMUTH_RANGE, DISTANCE, ELEVATION_RANGE, FOV_DEG
-from dream3d.errors import ConfigError
+from dream3d.errors import ConfigError, safe_text
+from dream3d.fileio import read_text
 from dream3d.guidance.registry import methods as guidance_methods
 from dream3d.guidance.timesteps import SCHEDULES
 from dream3d.guidance.weighting import WEIGHTINGS
@@ -232,43 +242,55 @@ def _unknown_key_error(key: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
+def _show(value) -> str:
+    """A value as a message shows it: its repr, control characters escaped, at most 200 characters."""
+    return safe_text(repr(value))
+
+
 def _coerce(value, typ, key: str):
-    """Check/convert one value to the schema type (int->float allowed; lists element-wise)."""
+    """Check/convert one value to the schema type (int->float allowed, an integral float such as 1e3 -> int;
+    lists element-wise)."""
     origin = typing.get_origin(typ)
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a list, got {_show(value)}")
         (inner,) = typing.get_args(typ)
         return [_coerce(v, inner, key) for v in value]
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+        raise ConfigError(f"config key '{key}' expects true/false, got {_show(value)}")
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}' expects an integer, got {_show(value)}")
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"config key '{key}' expects a number, got one with {len(str(value))} digits") \
+                    from None
+        raise ConfigError(f"config key '{key}' expects a number, got {_show(value)}")
     if typ is str:
         if value is None:
             return ""
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"config key '{key}' expects text, got {value!r}")
+        raise ConfigError(f"config key '{key}' expects text, got {_show(value)}")
     raise TypeError(f"unsupported schema type {typ} for {key}")
 
 
 def _apply(obj, data: dict, prefix: str = "") -> None:
     if not isinstance(data, dict):
-        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {_show(data)}")
     hints = typing.get_type_hints(type(obj))
     for k, v in data.items():
         key = f"{prefix}{k}"
-        if k not in hints:
-            raise _unknown_key_error(key)
+        if not isinstance(k, str) or k not in hints:
+            raise _unknown_key_error(safe_text(key))
         t = hints[k]
         if dataclasses.is_dataclass(t):
             _apply(getattr(obj, k), v, key + ".")
@@ -278,14 +300,16 @@ def _apply(obj, data: dict, prefix: str = "") -> None:
 
 def _parse_override(item: str) -> tuple[str, object]:
     if "=" not in item:
-        raise ConfigError(f"override '{item}' is not of the form key=value")
+        raise ConfigError(f"override '{safe_text(item)}' is not of the form key=value")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override '{item}' has an empty key")
+        raise ConfigError(f"override '{safe_text(item)}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = _parse_yaml(raw, f"the value of {safe_text(key)}", mapping=False) if raw.strip() else ""
+    except ConfigError:
+        if len(raw) > MAX_YAML_CHARS:
+            raise
         value = raw  # not YAML: keep the text as is
     if isinstance(value, (dict,)) or value is None:
         value = raw
@@ -316,7 +340,7 @@ def _nest_flat_guidance(data: dict, flat: list[str]) -> dict:
         method, name = FLAT_GUIDANCE_KEYS[old].split(".")
         nested = section.get(method) or {}
         if not isinstance(nested, dict):
-            raise ConfigError(f"config section 'guidance.{method}' must be a mapping, got {nested!r}")
+            raise ConfigError(f"config section 'guidance.{method}' must be a mapping, got {_show(nested)}")
         if name in nested:
             raise ConfigError(f"both 'guidance.{old}' and 'guidance.{method}.{name}' are set; keep only "
                               f"'guidance.{method}.{name}'")
@@ -347,8 +371,12 @@ def load_config(config_file: str | Path | None = None, overrides: typing.Sequenc
     if config_file:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        _apply(cfg, _nest_flat_guidance(_parse_yaml(path.read_text(), str(path)), flat[str(config_file)]))
+            raise ConfigError(f"config file not found: {safe_text(path)}")
+        try:
+            _apply(cfg, _nest_flat_guidance(_parse_yaml(read_text(path, "config file"), str(path)),
+                                            flat[str(config_file)]))
+        except ConfigError as e:
+            raise ConfigError(e.args[0] if str(path) in e.args[0] else f"{safe_text(path)}: {e}") from None
     given: dict[str, str] = {}  # nested key -> the key as the override spelled it
     for item in overrides:
         key, value = _parse_override(item)
@@ -365,11 +393,86 @@ def load_config(config_file: str | Path | None = None, overrides: typing.Sequenc
     return cfg
 
 
-def _parse_yaml(text: str, source: str) -> dict:
+MAX_YAML_CHARS = 1_000_000  # characters of one YAML text (a config file, the app's editor, one override)
+MAX_YAML_DEPTH = 32  # nested mappings/lists, aliases expanded
+MAX_YAML_NODES = 100_000  # values, aliases expanded (a YAML "billion laughs" is refused before it expands)
+_YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads the YAML 1.2 floats YAML 1.1 leaves as text (`1e-3`, `5E+2`)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML12_FLOAT, list("-+0123456789."))
+
+
+def _check_yaml_events(text: str, source: str) -> None:
+    """Refuse a YAML text that nests deeper than MAX_YAML_DEPTH before anything is built from it (the parser
+    keeps its own stack, so this costs no recursion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _check_yaml_size(root: yaml.Node, source: str) -> None:
+    """Refuse a composed YAML document that would expand (aliases followed) to more than MAX_YAML_NODES values,
+    deeper than MAX_YAML_DEPTH, or into itself; counted per distinct node, so nothing is expanded."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) once expanded
+    visiting: set[int] = set()
+
+    def measure(node: yaml.Node) -> tuple[int, int]:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in visiting:
+            raise ConfigError(f"{source} holds an alias that contains itself")
+        visiting.add(id(node))
+        children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        count, depth = 1, 0
+        for child in children:
+            c, d = measure(child)
+            count, depth = count + c, max(depth, d)
+            if count > MAX_YAML_NODES:
+                raise ConfigError(f"{source} expands to more than {MAX_YAML_NODES} values (YAML aliases?)")
+        depth += isinstance(node, yaml.CollectionNode)
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{source} nests deeper than {MAX_YAML_DEPTH} levels (YAML aliases included)")
+        visiting.discard(id(node))
+        sizes[id(node)] = (count, depth)
+        return count, depth
+
+    measure(root)
+
+
+def _parse_yaml(text: str, source: str, mapping: bool = True):
+    """The YAML `text` ({} when empty), bounded in size, depth and expansion; ConfigError naming `source`.
+    mapping: the document must be a mapping (a config), else any value (an override's)."""
+    if len(text) > MAX_YAML_CHARS:
+        raise ConfigError(f"{source} is too large ({len(text)} characters; at most {MAX_YAML_CHARS})")
     try:
-        return yaml.safe_load(text) or {}
+        _check_yaml_events(text, source)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return {} if mapping else None
+            _check_yaml_size(node, source)
+            data = loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse {source}: {str(e).splitlines()[0]}") from None
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"cannot parse {source}: {safe_text(first)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} nests too deeply") from None
+    if mapping and data is None:
+        return {}
+    return data
 
 
 def apply_yaml_text(cfg: RunConfig, text: str, source: str = "the config") -> RunConfig:
@@ -389,24 +492,121 @@ def get(cfg: RunConfig, key: str):
     return obj
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number: lo..hi, each end included unless `open_lo` / `open_hi`."""
+
+    lo: float
+    hi: float
+    open_lo: bool = False
+    open_hi: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        return ((v > self.lo) if self.open_lo else (v >= self.lo)) and ((v < self.hi) if self.open_hi else
+                                                                      (v <= self.hi))
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+        return f"{'(' if self.open_lo else '['}{num(self.lo)}, {num(self.hi)}{')' if self.open_hi else ']'}"
+
+
+MAX_STEPS = 1_000_000
+MAX_PROMPT_CHARS = 1000  # characters of a prompt; a prior's own limit (tokens) is checked when it encodes
+STEP_COUNT = Range(1, MAX_STEPS)
+WEIGHT = Range(0, 1e6)  # loss weights and other non-negative factors
+FRACTION = Range(0, 1)
+LR = Range(0, 10)
+# every number of the schema (each element of a list of numbers): its range; sizes that cost memory or time have
+# upper bounds (tests/test_hostile_config.py checks that every numeric key is listed)
+BOUNDS: dict[str, Range] = {
+    "seed": Range(0, 2**63 - 2), "steps": STEP_COUNT, "checkpoint_every": STEP_COUNT,
+    "preview_every": STEP_COUNT,
+    "geometry.bound": Range(0, 100, open_lo=True), "geometry.n_levels": Range(1, 32),
+    "geometry.n_features_per_level": Range(1, 8), "geometry.log2_hashmap_size": Range(4, 24),
+    "geometry.base_resolution": Range(1, 4096), "geometry.per_level_scale": Range(1, 8),
+    "geometry.mlp_width": Range(1, 1024), "geometry.blob_density": Range(0, 1e4),
+    "geometry.blob_radius": Range(0, 100, open_lo=True),
+    "render.height": Range(1, 2048), "render.width": Range(1, 2048), "render.batch_size": Range(1, 256),
+    "render.samples_per_ray": Range(1, 4096), "render.occupancy_resolution": Range(1, 512),
+    "render.occupancy_update_every": STEP_COUNT, "render.shading_probs": FRACTION,
+    "render.shading_warmup_steps": Range(0, MAX_STEPS),
+    "camera.elevation_range": Range(-90, 90), "camera.azimuth_range": Range(-720, 720),
+    "camera.distance_range": Range(0, 1000, open_lo=True), "camera.fov_range": Range(0, 180, True, True),
+    "guidance.guidance_scale": Range(0, 1000), "guidance.t_min": FRACTION, "guidance.t_max": FRACTION,
+    "guidance.t_max_end": FRACTION, "guidance.t_anneal_fraction": FRACTION, "guidance.grad_clip": WEIGHT,
+    "guidance.vsd.lora_rank": Range(1, 256), "guidance.vsd.lora_lr": LR, "guidance.vsd.camera_dropout": FRACTION,
+    "guidance.vsd.lora_guidance_scale": Range(0, 1000), "guidance.nfsd.threshold": FRACTION,
+    "guidance.ssd.threshold": FRACTION, "guidance.cfd.subsamples": Range(1, 64),
+    "guidance.cfd.voxel_size": Range(0, 10), "guidance.cfd.reinject": Range(0, MAX_STEPS),
+    "optim.lr": Range(0, 10, open_lo=True), "optim.encoding_lr_multiplier": Range(0, 1e4),
+    "optim.betas": Range(0, 1, open_hi=True), "optim.eps": Range(0, 1, open_lo=True),
+    "optim.weight_decay": Range(0, 10),
+    "loss.opacity_sparsity": WEIGHT, "loss.opacity_entropy": WEIGHT, "loss.orientation": WEIGHT,
+    "export.resolution": Range(8, 1024), "export.texture_size": Range(4, 8192),
+    "export.turntable_frames": Range(1, 3600), "export.turntable_resolution": Range(8, 2048),
+    "mesh.tet_resolution": Range(2, 256), "mesh.deform_fraction": FRACTION, "mesh.sdf_lr": LR,
+    "mesh.deform_lr": LR, "mesh.albedo_fit_steps": Range(0, 100_000), "mesh.carve_views": Range(0, 1024),
+    "mesh.carve_resolution": Range(8, 2048), "mesh.sdf_regularizer": WEIGHT, "mesh.normal_consistency": WEIGHT,
+    "mesh.sdf_anchor": WEIGHT, "mesh.refine_steps": Range(0, MAX_STEPS),
+}
+LIST_LENGTHS = {"optim.betas": (2,), "render.shading_probs": (3,), "camera.elevation_range": (2,),
+                "camera.azimuth_range": (2,), "camera.distance_range": (2,), "camera.fov_range": (2,),
+                "guidance.cfd.reinject": (0, 1, 4), "export.formats": (1, 2)}
+PROMPT_KEYS = ("prompt", "guidance.negative_prompt", "guidance.dds.source_prompt")
+
+
+def check_range(key: str, value: float, what: str | None = None) -> None:
+    """ConfigError unless `value` is a finite number in BOUNDS[key]; `what` names it (default: the key)."""
+    name = what or f"config key '{key}'"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number; got {value}")
+    if value not in BOUNDS[key]:
+        raise ConfigError(f"{name} must be in {BOUNDS[key]}; got {_show(value)}")
+
+
+def _values(obj, prefix: str = "") -> typing.Iterator[tuple[str, object]]:
+    """(dotted key, value) of every setting of a config (dataclass) object."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            yield from _values(v, f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, v
+
+
+def check_text(key: str, text: str, limit: int | None = None) -> None:
+    """ConfigError unless `text` is valid UTF-8 text (no bytes that were not UTF-8) of at most `limit`
+    characters (None: no limit)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"config key '{key}' is not valid UTF-8 text: {safe_text(text)}") from None
+    if limit is not None and len(text) > limit:
+        raise ConfigError(f"config key '{key}' is {len(text)} characters long (at most {limit}): "
+                          f"{safe_text(text, 80)}")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Value checks beyond types; raises ConfigError naming the key."""
+    """Value checks beyond types (choices, list lengths, finite numbers, BOUNDS, cross-field rules); raises
+    ConfigError naming the key, the allowed values and what was given."""
     for key, allowed in {**CHOICES, "guidance.method": tuple(guidance_methods()), "stage": stage_names()}.items():
         v = get(cfg, key)
         if v not in allowed:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {v!r}")
-    positive = ["steps", "render.height", "render.width", "render.batch_size", "render.samples_per_ray",
-                "render.occupancy_resolution", "checkpoint_every", "preview_every", "export.resolution",
-                "export.texture_size", "geometry.n_levels", "geometry.mlp_width", "mesh.tet_resolution"]
-    for key in positive:
-        if get(cfg, key) <= 0:
-            raise ConfigError(f"config key '{key}' must be positive; got {get(cfg, key)!r}")
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(allowed)}; got {_show(v)}")
+    for key, v in _values(cfg):
+        if isinstance(v, str):
+            check_text(key, v, MAX_PROMPT_CHARS if key in PROMPT_KEYS else None)
+        if isinstance(v, list) and key in LIST_LENGTHS and len(v) not in LIST_LENGTHS[key]:
+            n = " or ".join(map(str, LIST_LENGTHS[key]))
+            raise ConfigError(f"config key '{key}' must be a list of {n} values; got {len(v)}: {_show(v)}")
+        if key in BOUNDS:
+            for x in (v if isinstance(v, list) else [v]):
+                check_range(key, x, f"config key '{key}'" + (" (each value)" if isinstance(v, list) else ""))
     if cfg.stage == "mesh" and not cfg.init_from:
         raise ConfigError("the mesh stage starts from a finished NeRF run: use dream3d refine RUN_DIR")
     if cfg.stage == "mesh" and cfg.edit_source:
         raise ConfigError("dream3d edit works on NeRF runs; edit the NeRF run, then refine the edit")
-    if cfg.mesh.refine_steps < 0:
-        raise ConfigError(f"config key 'mesh.refine_steps' must be >= 0; got {cfg.mesh.refine_steps}")
     g = cfg.guidance
     if not (0.0 <= g.t_min < g.t_max <= 1.0):
         raise ConfigError(f"guidance.t_min/t_max must satisfy 0 <= t_min < t_max <= 1; got {g.t_min}, {g.t_max}")
@@ -414,22 +614,48 @@ def validate(cfg: RunConfig) -> None:
     if ramp and (len(ramp) != 4 or ramp[3] < ramp[0] or min(ramp[1], ramp[2]) < 0):
         raise ConfigError("loss.orientation_ramp must be [] or [start_step, start_weight, end_weight, end_step] with "
                           f"end_step >= start_step and weights >= 0; got {ramp!r}")
-    probs = cfg.render.shading_probs
-    if len(probs) != 3 or any(p < 0 for p in probs) or sum(probs) <= 0:
-        raise ConfigError("render.shading_probs must be 3 non-negative numbers (albedo, lambertian, textureless)")
+    if g.t_schedule == "step" and not g.t_min <= g.t_max_end <= 1.0:
+        raise ConfigError(f"guidance.t_max_end must satisfy t_min <= t_max_end <= 1; got {g.t_max_end} "
+                          f"(t_min {g.t_min})")
+    if sum(cfg.render.shading_probs) <= 0:
+        raise ConfigError("render.shading_probs must be 3 non-negative numbers (albedo, lambertian, textureless) "
+                          "with a positive sum")
     for fmt in cfg.export.formats:
         if fmt not in ("glb", "obj"):
-            raise ConfigError(f"export.formats: unknown format {fmt!r}; use glb and/or obj")
+            raise ConfigError(f"export.formats: unknown format {_show(fmt)}; use glb and/or obj")
     for key in ("camera.elevation_range", "camera.azimuth_range", "camera.distance_range", "camera.fov_range"):
         v = get(cfg, key)
-        if len(v) != 2 or v[0] > v[1]:
-            raise ConfigError(f"config key '{key}' must be [low, high] with low <= high; got {v!r}")
+        if v[0] > v[1]:
+            raise ConfigError(f"config key '{key}' must be [low, high] with low <= high; got {_show(v)}")
+
+
+def validate_run(cfg: RunConfig) -> None:
+    """`validate` plus the rules a config can only break as a run: DDS edits a source run (`dream3d edit`)."""
+    validate(cfg)
+    if cfg.guidance.method == "dds" and not cfg.edit_source:
+        raise ConfigError("guidance.method=dds edits a finished run: use dream3d edit RUN_DIR --prompt \"...\"")
 
 
 def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def first_difference(a: RunConfig, b: RunConfig) -> tuple[str, typing.Any, typing.Any] | None:
+    """(dotted key, a's value, b's value) of the first setting (in schema order) two configs differ in, or None."""
+    for (key, va), (_, vb) in zip(_values(a), _values(b)):
+        if va != vb:
+            return key, va, vb
+    return None
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (reloadable with `load_config`)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    """Write the resolved config as YAML (reloadable with `load_config`), through a temporary sibling and a rename
+    (a crash or a full disk never leaves half a config)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

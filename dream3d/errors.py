@@ -1,8 +1,30 @@
 """User-facing errors.
 
 A `Dream3DError` is a user mistake (bad prompt, unknown config key, missing model folder...). Its message is
-one clear line; the CLI prints it and exits 2, the app shows it in the page. Anything else is a bug.
+one clear line; the CLI prints it and exits 2, the app shows it in the page. Anything else is a bug. User text
+inside a message goes through `safe_text` (control characters escaped, at most 200 characters).
 """
+
+MESSAGE_TEXT_LIMIT = 200  # characters of user text shown in a message; the rest is counted
+
+
+def safe_text(text: object, limit: int = MESSAGE_TEXT_LIMIT) -> str:
+    r"""`text` (or its str) fit to print inside a one-line message: every character that is not printable
+    (control characters such as ESC or CR, line breaks, bidi overrides, bytes that were not UTF-8) shown as its
+    escape, then cut to `limit` characters with a count of what was cut.
+
+    >>> print(safe_text("a" + chr(27) + "[31mred" + chr(13)))
+    a\x1b[31mred\r
+    >>> safe_text("x" * 250)[-26:]
+    'xx... (50 more characters)'
+    """
+    text = str(text)
+    shown = "".join(ch if ch.isprintable() else ch.encode("unicode_escape", "backslashreplace").decode("ascii")
+                    for ch in text)
+    if len(shown) <= limit:
+        return shown
+    return f"{shown[:limit]}... ({len(shown) - limit} more characters)"
+
 
 
 class Dream3DError(Exception):

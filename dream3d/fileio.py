@@ -1,4 +1,5 @@
-"""Small file helpers every layer may use: atomic JSON writes, safe folder names, PNG strips."""
+"""Small file helpers every layer may use: atomic JSON writes, reading user files with one-line errors, safe
+folder names, PNG strips."""
 
 from __future__ import annotations
 
@@ -6,6 +7,31 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+
+from dream3d.errors import Dream3DError, safe_text
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of `path`; a Dream3DError naming the file when it is missing, unreadable or not UTF-8."""
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Dream3DError(f"{safe_text(path)}: the {what} is not UTF-8 text (byte {e.start})") from None
+    except IsADirectoryError:
+        raise Dream3DError(f"{safe_text(path)}: the {what} is a folder, not a file") from None
+    except FileNotFoundError:
+        raise Dream3DError(f"{safe_text(path)}: the {what} does not exist") from None
+    except OSError as e:
+        raise Dream3DError(f"{safe_text(path)}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """The JSON of `path`; a Dream3DError naming the file when it is missing, unreadable, not UTF-8 or not JSON."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise Dream3DError(f"{safe_text(path)}: the {what} is not valid JSON ({getattr(e, 'msg', e)})") from None
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

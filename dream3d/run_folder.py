@@ -9,8 +9,13 @@
     export/           model.glb, model.obj + .mtl + textures, export.json, model_obj.zip (the app's download)
     turntable.mp4|gif the exported turntable video
     thumbnail.png     batch: a front view for the gallery; error.log: batch: the traceback of a failed job
+    .dream3d-run.json the marker that the folder is a dream3d run (written with the config)
+    .lock             held (fcntl) by the one process writing the run: pid, host, command, since when
 
-Every other module asks a `RunFolder` for these paths. A two-stage recipe's mesh stage lives next to its NeRF
+Every other module asks a `RunFolder` for these paths. A command that writes a run takes its lock
+(`RunFolder.locked`): a second process gets one line naming the owner; the kernel drops the lock of a process
+that died, and the next one takes it over (saying so). `generate` writes only into a new or empty folder, or
+continues an unfinished run of the same prompt and settings (`check_new_run`). A two-stage recipe's mesh stage lives next to its NeRF
 run in `<run>-mesh` (`RunFolder.mesh_stage`).
 
 Example:
@@ -21,21 +26,38 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from dream3d.checkpoint import find_checkpoint, load_checkpoint, load_module_tensors
-from dream3d.config import RunConfig, load_config
-from dream3d.errors import Dream3DError
+from dream3d.config import RunConfig, first_difference, load_config, save_config
+from dream3d.errors import Dream3DError, safe_text
 from dream3d.fileio import slugify, write_json_atomic
 from dream3d.render.protocol import Renderer
 from dream3d.stages import build_renderer
 from dream3d.system import resolve_device
 
 PREVIEW_GLOB = "step_*.png"
+MARKER_FILE = ".dream3d-run.json"
+LOCK_FILE = ".lock"
+log = logging.getLogger("dream3d")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -116,6 +138,14 @@ class RunFolder:
         return self.path / "error.log"
 
     @property
+    def marker(self) -> Path:
+        return self.path / MARKER_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
     def mesh_stage(self) -> RunFolder:
         """The folder of this NeRF run's mesh stage (two-stage recipes, `dream3d refine`): `<run>-mesh`."""
         return RunFolder(self.path.with_name(self.path.name + "-mesh"))
@@ -133,14 +163,125 @@ class RunFolder:
         """Whether the folder holds a run (its config.yaml)."""
         return self.config.is_file()
 
+    def is_marked(self) -> bool:
+        """Whether dream3d marked the folder as one of its runs (runs of older versions are not marked)."""
+        return self.marker.is_file()
+
     def has_checkpoint(self) -> bool:
         return find_checkpoint(self.checkpoint) is not None
 
     def read_config(self) -> RunConfig:
-        """The config the run was started with; Dream3DError when the folder is not a run."""
+        """The config the run was started with; Dream3DError when the folder is not a run or its config.yaml is
+        damaged (the message names the file)."""
+        if not self.path.is_dir():
+            raise Dream3DError(f"{safe_text(self.path)} is not a dream3d run folder (no such folder)")
         if not self.is_run():
-            raise Dream3DError(f"{self.path} is not a dream3d run folder (no config.yaml)")
+            raise Dream3DError(f"{safe_text(self.path)} is not a dream3d run folder (no config.yaml)")
         return load_config(self.config)
+
+    def write_config(self, cfg: RunConfig) -> None:
+        """Create the folder, mark it as a dream3d run and write the resolved config.yaml."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.is_marked():
+            write_json_atomic(self.marker, {"dream3d_run": 1, "created": _now()})
+        save_config(cfg, self.config)
+
+    # --- output checks -----------------------------------------------------------------------------------------
+    def check_target(self) -> None:
+        """Create the folder, or a Dream3DError when it cannot be a run folder: it or a folder above it is a file,
+        or it cannot be created (a read-only or virtual file system)."""
+        for p in (self.path, *self.path.parents):
+            if p.exists():
+                if not p.is_dir():
+                    where = "is a file" if p == self.path else f"is under {safe_text(p)}, which is a file"
+                    raise Dream3DError(f"--out {safe_text(self.path)} {where}; give a folder")
+                break
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".dream3d-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise Dream3DError(f"cannot write the run folder {safe_text(self.path)} "
+                               f"({e.strerror or type(e).__name__})") from None
+
+    def check_new_run(self, cfg: RunConfig) -> None:
+        """Dream3DError unless `generate` may write `cfg` here: the folder is new or empty, or holds an unfinished
+        run of the same prompt and settings (which then continues)."""
+        if not self.path.is_dir() or not [p for p in self.path.iterdir() if p.name != LOCK_FILE]:
+            return
+        where = safe_text(self.path)
+        fresh = f"continue it with dream3d generate --resume {where}, or give a fresh --out"
+        if not self.is_marked():
+            if self._is_old_run():
+                raise Dream3DError(f"--out already holds a run of an older dream3d; {fresh}")
+            raise Dream3DError(f"--out {where} already holds files that are not a dream3d run; give a fresh --out")
+        saved = self.read_config()
+        if self.read_status().get("state") == "done":
+            raise Dream3DError(f"--out holds a finished run of '{safe_text(saved.prompt, 60)}'; give a fresh --out "
+                               f"(or more steps: dream3d generate --resume {where} --steps N)")
+        diff = first_difference(saved, cfg)
+        if diff:
+            key, there, here = diff
+            raise Dream3DError(f"--out holds a run with other settings ({key}: {safe_text(repr(there), 40)} there, "
+                               f"{safe_text(repr(here), 40)} here); {fresh}")
+
+    def _is_old_run(self) -> bool:
+        """Whether an unmarked folder holds a run written by an older dream3d (a loadable config.yaml and a
+        status.json with a state)."""
+        try:
+            self.read_config()
+        except Dream3DError:
+            return False
+        return "state" in self.read_status()
+
+    def check_not_inside(self, source: str | Path, command: str) -> None:
+        """Dream3DError when this (output) folder is the source run `source`, or inside it, or holds it."""
+        out, src = self.path.resolve(), Path(source).resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise Dream3DError(f"dream3d {command} writes a new run: --out {safe_text(self.path)} would overwrite "
+                               f"its source run {safe_text(source)}; give another folder")
+
+    # --- one writer --------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, command: str) -> Iterator[None]:
+        """Hold the run's lock file while `command` writes the run; Dream3DError naming the owner when another
+        process holds it. A lock left by a process that is gone is taken over (one warning line)."""
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fh = open(self.lock_file, "a+", encoding="utf-8")
+        try:
+            fh.seek(0)
+            try:
+                owner = json.loads(fh.read() or "{}")
+            except ValueError:
+                owner = {}
+            owner = owner if isinstance(owner, dict) else {}
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Dream3DError(f"{safe_text(self.path)} is in use by {safe_text(owner.get('command', 'dream3d'))} "
+                                   f"(pid {safe_text(owner.get('pid', '?'))} on {safe_text(owner.get('host', '?'))}"
+                                   f" since {safe_text(owner.get('since', '?'))}); wait for it or stop it") from None
+            if owner.get("pid"):
+                same_host = owner.get("host") == socket.gethostname()
+                gone = "no longer running" if same_host and not _pid_alive(int(owner["pid"])) else "not holding it"
+                log.warning("took over the lock of %s left by pid %s on %s (%s)", safe_text(self.path),
+                            safe_text(owner["pid"]), safe_text(owner.get("host", "?")), gone)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                                 "since": _now()}))
+            fh.flush()
+            try:
+                yield
+            finally:
+                fh.seek(0)
+                fh.truncate()
+                fh.flush()
+        finally:
+            fh.close()  # closing drops the lock
 
     def read_status(self) -> dict:
         """status.json as a dict ({} when missing or unreadable)."""
@@ -162,8 +303,12 @@ class RunFolder:
             raise Dream3DError(f"{self.path} has no checkpoint yet; finish (or resume) the run first")
         renderer = build_renderer(cfg)
         tensors, _ = load_checkpoint(self.checkpoint)
-        load_module_tensors("renderer", renderer, tensors)
+        load_module_tensors("renderer", renderer, tensors, source=self.checkpoint)
         return cfg, renderer.to(resolve_device(device or cfg.device)).eval()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "outputs") -> RunFolder:
@@ -172,3 +317,18 @@ def default_run_dir(cfg: RunConfig, root: str | Path = "outputs") -> RunFolder:
         return RunFolder(Path(root) / slugify(cfg.name, 80))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     return RunFolder(Path(root) / f"{slugify(cfg.prompt)}-s{cfg.seed}-{stamp}")
+
+
+def reserve_run_dir(path: str | Path) -> Path:
+    """Create and return the new folder `path`, or `path-2`, `path-3`, ... when taken (two runs started in the
+    same second never share a folder: the creation is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    candidate, i = path, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            i += 1
+            candidate = path.with_name(f"{path.name}-{i}")

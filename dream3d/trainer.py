@@ -19,7 +19,7 @@ import torch
 from dream3d.cameras import orbit_cameras, sample_cameras
 from dream3d.checkpoint import (load_checkpoint, load_module_tensors, load_optimizer_tensors, module_tensors,
                                 optimizer_tensors, save_checkpoint)
-from dream3d.config import RunConfig, save_config
+from dream3d.config import RunConfig, validate_run
 from dream3d.errors import Dream3DError, DivergedError, PromptError
 from dream3d.events import Event, EventCallback, ignore_events
 from dream3d.fileio import save_image, write_json_atomic
@@ -52,6 +52,7 @@ class Trainer:
                  events: EventCallback | None = None, preview_seconds: float = 0.0):
         if not cfg.prompt or not cfg.prompt.strip():
             raise PromptError("the prompt is empty; try for example 'a red cube'")
+        validate_run(cfg)
         self.cfg = cfg
         self.run = run if isinstance(run, RunFolder) else RunFolder(run)
         self.stage = get_stage(cfg.stage)
@@ -125,10 +126,11 @@ class Trainer:
         if not self.run.has_checkpoint():
             return False
         tensors, meta = load_checkpoint(self.run.checkpoint)
-        load_module_tensors("renderer", self.renderer, tensors)
+        load_module_tensors("renderer", self.renderer, tensors, source=self.run.checkpoint)
         self.renderer.to(self.device)
-        load_optimizer_tensors("optimizer", self.optimizer, tensors, meta["optimizer"])
-        load_module_tensors("guidance", self.guidance, tensors)
+        load_optimizer_tensors("optimizer", self.optimizer, tensors, meta.get("optimizer"),
+                               source=self.run.checkpoint)
+        load_module_tensors("guidance", self.guidance, tensors, source=self.run.checkpoint)
         self.generator.set_state(tensors["trainer.rng_state"].to(torch.uint8))
         self.step, self.seconds = int(meta["step"]), float(meta.get("seconds", 0.0))
         self.saved_step = self.step
@@ -238,8 +240,7 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------------------------
     def _begin(self) -> bool:
         """Write the config, restore the checkpoint or initialise a fresh run; returns whether it resumed."""
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.run.config)
+        self.run.write_config(self.cfg)
         resumed = self.load()
         if not resumed and self.stage.starts_from is not None:
             self._initialize_from_source()

@@ -157,7 +157,7 @@ def test_generate_config_precedence_and_prompt_is_data():
     (("a red cube", "sds", "", None, None, None, "render: {hieght: 3}"), ConfigError,
      "unknown config key 'render.hieght'; did you mean 'render.height'?"),
     (("a red cube", "sds", "", None, None, None, "render: [1, 2"), ConfigError, "cannot parse the advanced config"),
-    (("a red cube", "sds", "", 0), ConfigError, "'steps' must be positive"),
+    (("a red cube", "sds", "", 0), ConfigError, "'steps' must be in [1, 1000000]"),
     (("a red cube", "sds", "", 2.5), ConfigError, "steps must be a whole number"),
     (("a red cube", "sds", "", None, "x"), ConfigError, "seed must be a number"),
 ])

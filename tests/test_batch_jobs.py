@@ -71,7 +71,7 @@ def test_invalid_job_settings_fail_that_job_only(tmp_path):
     jobs = build_jobs(specs)
     assert [bool(j.error) for j in jobs] == [False, True, True]
     assert "p.jsonl:2" in jobs[1].error and "did you mean 'guidance.guidance_scale'" in jobs[1].error
-    assert "p.jsonl:3" in jobs[2].error and "'steps' must be positive" in jobs[2].error
+    assert "p.jsonl:3" in jobs[2].error and "'steps' must be in [1, 1000000]" in jobs[2].error
     assert jobs[1].cfg is None and jobs[1].name.startswith("a-blue-sphere-s0-")
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dream3d.errors import Dream3DError
-from dream3d.run_folder import RunFolder
+from dream3d.run_folder import RunFolder, reserve_run_dir  # noqa: F401
 
 
 @dataclass
@@ -114,16 +114,3 @@ def resolve_run(root: Path, name: str) -> Path:
     if not RunFolder(path).is_run():
         raise Dream3DError(f"unknown run {name!r} (no such run folder in {root})")
     return path
-
-
-def reserve_run_dir(path: Path) -> Path:
-    """Create and return `path`, or `path-2`, `path-3`, ... when taken (two runs started in the same second)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    candidate, i = path, 1
-    while True:
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            i += 1
-            candidate = path.with_name(f"{path.name}-{i}")

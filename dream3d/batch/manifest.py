@@ -14,7 +14,6 @@ time over all attempts), worker {host, pid}, outputs {name: path relative to the
 from __future__ import annotations
 
 import contextlib
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -64,7 +63,13 @@ class Manifest:
         """The manifest as stored ({"version", "prompts", "created", "updated", "jobs": [...]}), or an empty one."""
         if not self.path.is_file():
             return {"version": VERSION, "prompts": "", "created": now(), "updated": now(), "jobs": []}
-        data = json.loads(self.path.read_text())
+        from dream3d.errors import Dream3DError
+        from dream3d.fileio import read_json
+
+        data = read_json(self.path, "batch manifest")
+        if not isinstance(data, dict) or not isinstance(data.get("jobs", []), list):
+            raise Dream3DError(f"{self.path}: the batch manifest is not a dream3d batch record; move it away to "
+                               "start the batch again")
         data.setdefault("jobs", [])
         return data
 

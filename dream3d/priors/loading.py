@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dream3d.errors import ModelLoadError
+from dream3d.errors import ModelLoadError, safe_text
 
 NEEDED = ("tokenizer", "text_encoder", "unet", "scheduler")
 OPTIONAL = ("vae",)
@@ -28,7 +28,7 @@ def fail(name: str, reason: str) -> ModelLoadError:
     reason = " ".join(str(reason).split()) or "unknown error"
     if len(reason) > 300:
         reason = reason[:297] + "..."
-    return ModelLoadError(f"cannot load prior '{name}': {reason}")
+    return ModelLoadError(f"cannot load prior '{safe_text(name)}': {reason}")
 
 
 def looks_like_path(name: str) -> bool:
@@ -42,7 +42,12 @@ def _read_json_file(name: str, filename: str, local: bool, required: bool) -> di
         path = Path(name).expanduser() / filename
         if not path.is_file():
             return None
-        text = path.read_text()
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise fail(name, f"{filename} is not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise fail(name, f"cannot read {filename} ({e.strerror or type(e).__name__})") from None
     else:
         try:
             from huggingface_hub import hf_hub_download
@@ -55,7 +60,7 @@ def _read_json_file(name: str, filename: str, local: bool, required: bool) -> di
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise fail(name, f"{filename} is not valid JSON ({e})") from None
+        raise fail(name, f"{filename} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(data, dict):
         raise fail(name, f"{filename} is not a JSON object")
     return data
