@@ -543,6 +543,7 @@ BOUNDS: dict[str, Range] = {
     "optim.betas": Range(0, 1, open_hi=True), "optim.eps": Range(0, 1, open_lo=True),
     "optim.weight_decay": Range(0, 10),
     "loss.opacity_sparsity": WEIGHT, "loss.opacity_entropy": WEIGHT, "loss.orientation": WEIGHT,
+    "loss.orientation_ramp": Range(0, max(MAX_STEPS, WEIGHT.hi)),
     "export.resolution": Range(8, 1024), "export.texture_size": Range(4, 8192),
     "export.turntable_frames": Range(1, 3600), "export.turntable_resolution": Range(8, 2048),
     "mesh.tet_resolution": Range(2, 256), "mesh.deform_fraction": FRACTION, "mesh.sdf_lr": LR,
@@ -552,7 +553,7 @@ BOUNDS: dict[str, Range] = {
 }
 LIST_LENGTHS = {"optim.betas": (2,), "render.shading_probs": (3,), "camera.elevation_range": (2,),
                 "camera.azimuth_range": (2,), "camera.distance_range": (2,), "camera.fov_range": (2,),
-                "guidance.cfd.reinject": (0, 1, 4), "export.formats": (1, 2)}
+                "guidance.cfd.reinject": (0, 1, 4), "loss.orientation_ramp": (0, 4), "export.formats": (1, 2)}
 PROMPT_KEYS = ("prompt", "guidance.negative_prompt", "guidance.dds.source_prompt")
 
 
@@ -611,9 +612,9 @@ def validate(cfg: RunConfig) -> None:
     if not (0.0 <= g.t_min < g.t_max <= 1.0):
         raise ConfigError(f"guidance.t_min/t_max must satisfy 0 <= t_min < t_max <= 1; got {g.t_min}, {g.t_max}")
     ramp = cfg.loss.orientation_ramp
-    if ramp and (len(ramp) != 4 or ramp[3] < ramp[0] or min(ramp[1], ramp[2]) < 0):
-        raise ConfigError("loss.orientation_ramp must be [] or [start_step, start_weight, end_weight, end_step] with "
-                          f"end_step >= start_step and weights >= 0; got {ramp!r}")
+    if ramp and ramp[3] < ramp[0]:
+        raise ConfigError("loss.orientation_ramp is [start_step, start_weight, end_weight, end_step] with "
+                          f"end_step >= start_step; got {ramp!r}")
     if g.t_schedule == "step" and not g.t_min <= g.t_max_end <= 1.0:
         raise ConfigError(f"guidance.t_max_end must satisfy t_min <= t_max_end <= 1; got {g.t_max_end} "
                           f"(t_min {g.t_min})")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dream3d import checkpoint as ckpt
-from dream3d.config import (BOUNDS, MAX_YAML_DEPTH, MAX_YAML_NODES, RunConfig, apply_yaml_text, get, load_config,
-                            valid_keys, validate_run)
+from dream3d.config import (BOUNDS, LIST_LENGTHS, MAX_YAML_DEPTH, MAX_YAML_NODES, RunConfig, apply_yaml_text, get,
+                            load_config, valid_keys, validate_run)
 from dream3d.errors import ConfigError, Dream3DError, safe_text
 from hostile_support import DAMAGES, damage_checkpoint
 
@@ -32,10 +32,11 @@ NUMERIC_KEYS = [k for k in valid_keys() if _numeric(_key_type(k))]
 
 
 def _override(key: str, value) -> str:
-    """key=value, a list setting given as a list of `value` as long as its default."""
+    """key=value, a list setting given as a list of `value` as long as its default (an empty default: the shortest
+    length it may have)."""
     current = get(RunConfig(), key)
     if isinstance(current, list):
-        n = len(current) if current else 1
+        n = len(current) if current else min(n for n in LIST_LENGTHS.get(key, (1,)) if n)
         return f"{key}=[{', '.join([repr(value)] * n)}]"
     return f"{key}={value!r}"
 
