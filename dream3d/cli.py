@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dream3d.console import progress_bar, quiet_libraries, split_words
+from dream3d.console import ProgressReport, continue_hint, quiet_libraries, resume_command, split_words
 from dream3d.errors import DivergedError, Dream3DError
 
 if TYPE_CHECKING:
@@ -25,15 +25,21 @@ EXIT_INTERRUPTED = 130
 
 
 def run_and_export(cfg: RunConfig, run: RunFolder, label: str = "generate") -> int:
-    """Run the generation with a progress bar (both stages of a two-stage recipe), export the last stage when it
-    finished, print its run folder last; the exit status."""
+    """Run the generation with a progress report (both stages of a two-stage recipe), export the last stage when
+    it finished, print its run folder last; the exit status. A stop (Ctrl-C, SIGTERM) says where the run is and
+    prints the command that continues it."""
     from dream3d.pipeline import run_generation
 
-    result = run_generation(cfg, run, events=progress_bar(label), log=lambda m: print(m, file=sys.stderr))
+    report = ProgressReport(label)
+    try:
+        result = run_generation(cfg, run, events=report, log=report.line)
+    except KeyboardInterrupt:  # outside the training loop (loading, initialising, exporting)
+        report.line(f"dream3d: interrupted; {continue_hint(report.last_event, run.path)}")
+        return EXIT_INTERRUPTED
     print(result.run.path)
     if result.state != "done":
-        print(f"dream3d: stopped at step {result.trainer.step}/{result.trainer.cfg.steps}; continue with: "
-              f"dream3d generate --resume {result.run.path}", file=sys.stderr)
+        report.line(f"dream3d: stopped at step {result.trainer.step}/{result.trainer.cfg.steps}; continue with: "
+                    f"{resume_command(result.run.path)}")
         return EXIT_INTERRUPTED
     return 0
 
