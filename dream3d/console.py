@@ -4,6 +4,7 @@ terminal, step and phase lines elsewhere)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -34,6 +35,19 @@ def quiet_libraries() -> None:
         diffusers.utils.logging.set_verbosity_error()
     except Exception:  # noqa: BLE001 - only cosmetics
         pass
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """`--help` of every dream3d command: descriptions and epilogs as written, and each option's default appended
+    as "(default: X)" unless its help already says it (options without a default say what happens instead)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, argparse.SUPPRESS) or default == [] or \
+                not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def split_words(words: list[str]) -> tuple[list[str], list[str]]:

@@ -2,7 +2,8 @@
 
 One app (127.0.0.1, free port, launched in this process) and one browser serve every test of this module; runs
 use the bundled prior with the tiny configuration typed into the advanced config editor. The generation test
-saves a screenshot of the page with the finished model to outputs/test-artifacts/app_generate.png.
+saves a screenshot of the page with the finished model to $DREAM3D_TEST_ARTIFACTS (default: the temp
+folder's dream3d-test-artifacts/) as app_generate.png.
 """
 
 import json
