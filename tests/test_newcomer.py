@@ -296,3 +296,67 @@ def test_viewer_opens_at_a_three_quarter_view():
 def test_turntable_defaults_are_worth_watching():
     e = ExportConfig()
     assert e.turntable_resolution >= 256 and 2.0 <= e.turntable_frames / e.turntable_fps <= 10.0
+
+
+# --- install ---------------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+FAKE_PIP = """#!/bin/sh
+echo "pip $*" >> "$PIP_CALLS"
+echo "pip chatter that the install keeps out of sight"
+case "$*" in *download.pytorch.org*) [ -n "$CPU_INDEX_DOWN" ] && exit 1;; esac
+exit 0
+"""
+FAKE_PYTHON = """#!/bin/sh
+printf 'pillow==12.3.0\\ndream3d==0.1.0\\nnumpy==2.4.6\\n'
+"""
+
+
+def _make(tmp_path: Path, target: str, gpu: bool = False, cpu_index_down: bool = False):
+    """Run a Makefile target with a fake pip/python in a fake venv; (pip calls, make's output)."""
+    make = __import__("shutil").which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    venv, tools = tmp_path / "venv", tmp_path / "tools"
+    (venv / "bin").mkdir(parents=True)
+    tools.mkdir()
+    for name, text in (("pip", FAKE_PIP), ("python", FAKE_PYTHON)):
+        (venv / "bin" / name).write_text(text)
+        (venv / "bin" / name).chmod(0o755)
+    for tool in ("true", "mkdir", "touch", "cat", "grep", "sed", "id"):  # a PATH without nvidia-smi
+        os.symlink(__import__("shutil").which(tool), tools / tool)
+    if gpu:
+        (tools / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+        (tools / "nvidia-smi").chmod(0o755)
+    calls = tmp_path / "pip_calls"
+    env = {"PATH": str(tools), "PIP_CALLS": str(calls), **({"CPU_INDEX_DOWN": "1"} if cpu_index_down else {})}
+    r = subprocess.run([make, "-s", "-C", str(REPO), f"VENV={venv}", f"BIN={venv / 'bin'}", "PY=true",
+                        f"CACHE={tmp_path / 'cache'}", target.format(venv=venv, cache=tmp_path / "cache")],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return calls.read_text().splitlines(), r.stdout + r.stderr
+
+
+def test_makefile_installs_the_cpu_torch_from_the_cpu_index_first(tmp_path):
+    calls, out = _make(tmp_path / "offline", "{venv}/bin/dream3d", cpu_index_down=True)
+    torch = [i for i, c in enumerate(calls) if "torch==2.13.0" in c]
+    dream3d = [i for i, c in enumerate(calls) if "-e .[dev]" in c]
+    assert len(torch) == 2 and "--index-url https://download.pytorch.org/whl/cpu" in calls[torch[0]]
+    assert "--timeout" in calls[torch[0]] and "download.pytorch.org" not in calls[torch[1]]  # then plain pip
+    assert torch[1] < dream3d[0], calls  # torch before anything that depends on it
+    assert "pip chatter" not in out and "CPU index is out of reach" in out  # quiet, but says what it did
+
+    calls, out = _make(tmp_path / "online", "{venv}/bin/dream3d")
+    assert [c for c in calls if "torch==" in c] == [next(c for c in calls if "whl/cpu" in c)]  # CPU index only
+
+    calls, _ = _make(tmp_path / "gpu", "{venv}/bin/dream3d", gpu=True)
+    assert [c for c in calls if "torch==" in c] == ["pip install -q torch==2.13.0"]  # the CUDA build
+
+
+def test_makefile_test_deps_downgrade_nothing_and_chromium_comes_without_recommends(tmp_path):
+    calls, _ = _make(tmp_path, "{cache}/app-test-deps")
+    keep = (tmp_path / "cache" / "keep-versions.txt").read_text().split()
+    assert keep == ["pillow>=12.3.0", "numpy>=2.4.6"]  # every installed package at least at its version
+    (deps,) = [c for c in calls if "playwright" in c]
+    assert f"-c {tmp_path / 'cache' / 'keep-versions.txt'}" in deps and ".[app,distributed]" in deps
+    apt = [line for line in (REPO / "Makefile").read_text().splitlines() if "apt-get install" in line]
+    assert apt and all("--no-install-recommends" in line for line in apt)
