@@ -360,3 +360,32 @@ def test_makefile_test_deps_downgrade_nothing_and_chromium_comes_without_recomme
     assert f"-c {tmp_path / 'cache' / 'keep-versions.txt'}" in deps and ".[app,distributed]" in deps
     apt = [line for line in (REPO / "Makefile").read_text().splitlines() if "apt-get install" in line]
     assert apt and all("--no-install-recommends" in line for line in apt)
+
+
+# --- hub ids without a network ---------------------------------------------------------------------------------
+def test_an_unreachable_hub_is_one_line_without_retries(tmp_path):
+    env = {k: v for k, v in ENV.items() if "proxy" not in k.lower() and k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))  # nothing listens on port 9
+    t0 = time.time()
+    r = subprocess.run(CLI + ["generate", "a hamburger", "--prior", "no-such-owner/no-such-model", "--steps", "1",
+                              "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if not line.startswith("generate: ")]
+    assert errors == [errors[0]] and "Retry" not in r.stderr, r.stderr
+    assert errors[0].startswith("dream3d: error: cannot load prior 'no-such-owner/no-such-model': not in the local "
+                                "hub cache, and 127.0.0.1 is out of reach")
+    assert time.time() - t0 < 120  # the hub client's retries alone took 30 s
+
+
+def test_hf_hub_offline_is_honoured_without_a_probe(monkeypatch):
+    from dream3d.priors import loading
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(loading.socket, "create_connection", lambda *a, **k: pytest.fail("probed the network"))
+    loading.hub_offline.cache_clear()
+    try:
+        assert loading.hub_offline() == "HF_HUB_OFFLINE is set"
+        with pytest.raises(Exception, match="not in the local hub cache, and HF_HUB_OFFLINE is set"):
+            loading.read_index("no-such-owner/no-such-model")
+    finally:
+        loading.hub_offline.cache_clear()
