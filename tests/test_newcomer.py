@@ -389,3 +389,23 @@ def test_hf_hub_offline_is_honoured_without_a_probe(monkeypatch):
             loading.read_index("no-such-owner/no-such-model")
     finally:
         loading.hub_offline.cache_clear()
+
+
+def test_on_a_terminal_a_bar_and_phase_lines_above_it():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    report = ProgressReport("generate", stream=out, phase_seconds=0.0)
+    run = Path("/runs/x")
+    report(Event("phase", 0, 3, run, phase="prior"))
+    report(Event("start", 0, 3, run))
+    report(Event("phase", 0, 3, run, phase="first_step"))
+    for step in (1, 2, 3):
+        report(Event("step", step, 3, run, metrics={"loss": 0.25}))
+    report(Event("done", 3, 3, run))
+    text = out.getvalue()
+    assert "generate: loading the prior ..." in text and f"generate: {PHASES['first_step']} ..." in text
+    assert "3/3" in text and "loss=0.25" in text  # the tqdm bar, not step lines
+    assert not any(STEP_LINE.match(line) for line in text.splitlines())
