@@ -381,12 +381,15 @@ def test_hf_hub_offline_is_honoured_without_a_probe(monkeypatch):
     from dream3d.priors import loading
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(loading.socket, "create_connection", lambda *a, **k: pytest.fail("probed the network"))
+    probes = []
+    monkeypatch.setattr(loading, "socket", __import__("types").SimpleNamespace(
+        create_connection=lambda *a, **k: probes.append(a) or pytest.fail("probed the network")))
     loading.hub_offline.cache_clear()
     try:
         assert loading.hub_offline() == "HF_HUB_OFFLINE is set"
         with pytest.raises(Exception, match="not in the local hub cache, and HF_HUB_OFFLINE is set"):
             loading.read_index("no-such-owner/no-such-model")
+        assert probes == []
     finally:
         loading.hub_offline.cache_clear()
 
