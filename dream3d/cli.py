@@ -11,7 +11,8 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from dream3d.console import progress_bar, quiet_libraries, split_words
+from dream3d.console import (HelpFormatter, ProgressReport, continue_hint, quiet_libraries, resume_command,
+                             split_words)
 from dream3d.errors import DivergedError, Dream3DError
 
 if TYPE_CHECKING:
@@ -24,15 +25,21 @@ EXIT_INTERRUPTED = 130
 
 
 def run_and_export(cfg: RunConfig, run: RunFolder, label: str = "generate") -> int:
-    """Run the generation with a progress bar (both stages of a two-stage recipe), export the last stage when it
-    finished, print its run folder last; the exit status."""
+    """Run the generation with a progress report (both stages of a two-stage recipe), export the last stage when
+    it finished, print its run folder last; the exit status. A stop (Ctrl-C, SIGTERM) says where the run is and
+    prints the command that continues it."""
     from dream3d.pipeline import run_generation
 
-    result = run_generation(cfg, run, events=progress_bar(label), log=lambda m: print(m, file=sys.stderr))
+    report = ProgressReport(label)
+    try:
+        result = run_generation(cfg, run, events=report, log=report.line)
+    except KeyboardInterrupt:  # outside the training loop (loading, initialising, exporting)
+        report.line(f"dream3d: interrupted; {continue_hint(report.last_event, run.path)}")
+        return EXIT_INTERRUPTED
     print(result.run.path)
     if result.state != "done":
-        print(f"dream3d: stopped at step {result.trainer.step}/{result.trainer.cfg.steps}; continue with: "
-              f"dream3d generate --resume {result.run.path}", file=sys.stderr)
+        report.line(f"dream3d: stopped at step {result.trainer.step}/{result.trainer.cfg.steps}; continue with: "
+                    f"{resume_command(result.run.path)}")
         return EXIT_INTERRUPTED
     return 0
 
@@ -243,111 +250,137 @@ def _device(name: str) -> str:
 
 
 # --- parser ----------------------------------------------------------------------------------------------------
+# The options several commands share: one spelling and one meaning everywhere (batch included).
+STEPS_HELP = "optimisation steps of the run (default: the config's; `steps=N` says the same)"
+SEED_HELP = "random seed: the same seed gives the same result (default: the config's, 0)"
+PRIOR_HELP = "the diffusion prior: a diffusers folder or a hub id (default: the bundled shapes prior)"
+CONFIG_HELP = "a YAML config file, or a shipped recipe's name (e.g. vsd; see configs/)"
+
+
+def add_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand parser with dream3d's help format; its own usage is shown on its errors."""
+    parser = sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
+    parser.set_defaults(command_parser=parser)
+    return parser
+
+
 def _add_run_commands(sub) -> None:
     """generate, edit, refine, export."""
     from dream3d.guidance.registry import methods
 
-    g = sub.add_parser("generate", help="generate a 3D asset from a prompt",
-                       description="Generate a 3D asset from a prompt. Guidance methods (guidance.method=NAME, or "
-                       "--config NAME for its recipe): "
-                       + "; ".join(f"{n}: {s.description}" for n, s in methods().items()) + ".")
+    g = add_command(sub, "generate", help="generate a 3D asset from a prompt",
+                    description="Generate a 3D asset from a prompt. Guidance methods (guidance.method=NAME, or "
+                    "--config NAME for its recipe): "
+                    + "; ".join(f"{n}: {s.description}" for n, s in methods().items()) + ".",
+                    epilog="examples:\n  dream3d generate \"a red cube\" --steps 600 --seed 1\n"
+                           "  dream3d generate --config vsd \"a blue torus\" guidance.guidance_scale=7.5\n"
+                           "  dream3d generate --resume outputs/<run>     # continue a stopped run")
     g.add_argument("words", nargs="*", metavar="PROMPT [key=value ...]",
                    help='the text prompt, e.g. "a red cube", then config overrides such as guidance.guidance_scale=7.5')
-    g.add_argument("--config", help="YAML config file, or a shipped recipe's name (e.g. vsd; see configs/)")
-    g.add_argument("--prior", help="diffusers folder or hub id (default: the bundled shapes prior)")
-    g.add_argument("--out", help="run folder (default: outputs/<prompt>-s<seed>-<time>)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--steps", type=int)
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    g.set_defaults(func=cmd_generate)
+    g.add_argument("--config", help=CONFIG_HELP + " (default: the CPU default config)")
+    g.add_argument("--prior", help=PRIOR_HELP)
+    g.add_argument("--out", help="the run folder (default: outputs/<prompt>-s<seed>-<time>)")
+    g.add_argument("--seed", type=int, help=SEED_HELP)
+    g.add_argument("--steps", type=int, help=STEPS_HELP)
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="where to run (default: the config's, auto: CUDA when present, else the CPU)")
+    g.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the stopped run in RUN_DIR from its checkpoint (with its own settings; "
+                        "--steps may raise its total; default: start a new run)")
 
-    ed = sub.add_parser("edit", help="edit a finished run with a new prompt (DDS)")
+    ed = add_command(sub, "edit", help="edit a finished run with a new prompt (DDS)",
+                     epilog="example:\n  dream3d edit outputs/<run> --prompt \"a blue cube\" --steps 300")
     ed.add_argument("run_dir", help="the source run folder")
     ed.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
-    ed.add_argument("--prompt", required=True, help="the target prompt")
+    ed.add_argument("--prompt", required=True, help="the target prompt (required)")
     ed.add_argument("--source-prompt", help="what the source shows (default: the source run's prompt)")
-    ed.add_argument("--steps", type=int)
-    ed.add_argument("--config", help="YAML config file or recipe name (default: the dds-edit recipe)")
-    ed.add_argument("--out", help="the new run folder")
-    ed.set_defaults(func=cmd_edit)
+    ed.add_argument("--steps", type=int, help="optimisation steps of the edit (default: the recipe's, 300)")
+    ed.add_argument("--config", help=CONFIG_HELP + " (default: the dds-edit recipe)")
+    ed.add_argument("--out", help="the new run folder (default: outputs/<prompt>-s<seed>-<time>)")
 
-    rf = sub.add_parser("refine", help="mesh stage: refine a finished NeRF run as a DMTet mesh")
+    rf = add_command(sub, "refine", help="mesh stage: refine a finished NeRF run as a DMTet mesh",
+                     epilog="example:\n  dream3d refine outputs/<run> --steps 400   # again: resumes RUN_DIR-mesh")
     rf.add_argument("run_dir", help="the NeRF run folder")
     rf.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
-    rf.add_argument("--steps", type=int)
-    rf.add_argument("--config", help="YAML config file or recipe name (default: the mesh recipe)")
+    rf.add_argument("--steps", type=int,
+                    help="optimisation steps of the mesh stage (default: the NeRF run's mesh.refine_steps when set, "
+                         "else the mesh recipe's, 400)")
+    rf.add_argument("--config", help=CONFIG_HELP + " (default: the mesh recipe)")
     rf.add_argument("--out", help="the new run folder (default: RUN_DIR-mesh)")
-    rf.set_defaults(func=cmd_refine)
 
-    e = sub.add_parser("export", help="export a run's mesh (GLB/OBJ) and turntable video")
-    e.add_argument("run_dir")
-    e.add_argument("--format", default="glb,obj", help="comma-separated: glb,obj")
+    e = add_command(sub, "export", help="export a run's mesh (GLB/OBJ) and turntable video")
+    e.add_argument("run_dir", help="the run folder to export (a NeRF or a mesh run)")
+    e.add_argument("--format", default="glb,obj", help="comma-separated file formats: glb,obj")
     e.add_argument("--resolution", type=int, default=256, help="marching-cubes grid resolution")
     e.add_argument("--texture", type=int, default=1024, help="texture size in pixels")
-    e.add_argument("--no-turntable", action="store_true", help="skip the turntable video")
-    e.set_defaults(func=cmd_export)
+    e.add_argument("--no-turntable", action="store_true", help="skip the turntable video (default: write it)")
+    for parser, func in ((g, cmd_generate), (ed, cmd_edit), (rf, cmd_refine), (e, cmd_export)):
+        parser.set_defaults(func=func)
 
 
 def _add_prior_commands(sub) -> None:
     """prior train | sample | eval."""
-    pr = sub.add_parser("prior", help="train, sample or evaluate the bundled shapes prior").add_subparsers(
-        dest="prior_command", required=True)
-    t = pr.add_parser("train", help="train the shapes prior (resumes from OUT/train_state)")
-    t.add_argument("--out", required=True)
-    t.add_argument("--steps", type=int, default=20000)
-    t.add_argument("--resolution", type=int, default=32)
-    t.add_argument("--batch", type=int, default=64)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--checkpoint-every", type=int, default=1000)
-    t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    t.add_argument("--init", default=None, help="fine-tune from this prior folder instead of a random init")
+    pr = add_command(sub, "prior", help="train, sample or evaluate the bundled shapes prior").add_subparsers(
+        dest="prior_command", required=True, metavar="{train,sample,eval}")
+    device_help = "auto (CUDA when present, else the CPU), cpu or cuda"
+    t = add_command(pr, "train", help="train the shapes prior (resumes from OUT/train_state)")
+    t.add_argument("--out", required=True, help="the prior folder to write (required)")
+    t.add_argument("--steps", type=int, default=20000, help="training steps")
+    t.add_argument("--resolution", type=int, default=32, help="image side in pixels")
+    t.add_argument("--batch", type=int, default=64, help="images per step")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    t.add_argument("--device", default="auto", help=device_help)
+    t.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="stop (with a checkpoint and a usable prior) after this long (default: no limit)")
+    t.add_argument("--init", default=None, help="fine-tune from this prior folder (default: a random init)")
     t.add_argument("--warmup", type=int, default=500, help="learning-rate warm-up steps")
     t.add_argument("--shape-weight", action="append", default=[], metavar="SHAPE=W",
-                   help="sample SHAPE W times as often as the others (repeatable), e.g. wedge=3")
+                   help="sample SHAPE W times as often as the others (repeatable), e.g. wedge=3 (default: all 1)")
     t.set_defaults(func=cmd_prior_train)
-    s = pr.add_parser("sample", help="sample a grid of images around the object")
-    s.add_argument("--prompt", required=True)
-    s.add_argument("--n", type=int, default=8)
-    s.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    s = add_command(pr, "sample", help="sample a grid of images around the object")
+    s.add_argument("--prompt", required=True, help="the text prompt (required)")
+    s.add_argument("--n", type=int, default=8, help="images, at evenly spaced azimuths")
+    s.add_argument("--steps", type=int, default=50, help="DDIM sampling steps")
     s.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the prior's recommended)")
-    s.add_argument("--prior", default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", required=True, help="PNG path")
+    s.add_argument("--prior", default=None, help=PRIOR_HELP)
+    s.add_argument("--seed", type=int, default=0, help="random seed")
+    s.add_argument("--device", default="auto", help=device_help)
+    s.add_argument("--out", required=True, help="the PNG file to write (required)")
     s.set_defaults(func=cmd_prior_sample)
-    ev = pr.add_parser("eval", help="score color and shape accuracy of a prior")
-    ev.add_argument("--prior", default=None)
+    ev = add_command(pr, "eval", help="score color and shape accuracy of a prior")
+    ev.add_argument("--prior", default=None, help=PRIOR_HELP)
     ev.add_argument("--n", type=int, default=8, help="samples per (shape, color) prompt")
-    ev.add_argument("--steps", type=int, default=50)
-    ev.add_argument("--cfg", type=float, default=None)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--json", default=None)
-    ev.add_argument("--grid", default=None, help="also save all samples as a PNG grid")
+    ev.add_argument("--steps", type=int, default=50, help="DDIM sampling steps")
+    ev.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the prior's recommended)")
+    ev.add_argument("--seed", type=int, default=0, help="random seed")
+    ev.add_argument("--device", default="auto", help=device_help)
+    ev.add_argument("--json", default=None, help="also write the scores to this JSON file (default: none)")
+    ev.add_argument("--grid", default=None, help="also save all samples as a PNG grid (default: none)")
     ev.set_defaults(func=cmd_prior_eval)
 
 
 def _add_bench_commands(sub) -> None:
     """bench hashgrid | shapes."""
-    b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
-    h = b.add_parser("hashgrid", help="hash-grid encoding speed per backend")
-    h.add_argument("--points", type=int, default=2**18)
-    h.add_argument("--levels", type=int, default=16)
-    h.add_argument("--json", default=None)
-    h.add_argument("--device", default="auto")
+    b = add_command(sub, "bench", help="benchmarks").add_subparsers(dest="bench_command", required=True,
+                                                                    metavar="{hashgrid,shapes}")
+    h = add_command(b, "hashgrid", help="hash-grid encoding speed per backend")
+    h.add_argument("--points", type=int, default=2**18, help="points encoded per call")
+    h.add_argument("--levels", type=int, default=16, help="hash-grid levels")
+    h.add_argument("--json", default=None, help="also write the timings to this JSON file (default: none)")
+    h.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu or cuda")
     h.set_defaults(func=cmd_bench_hashgrid)
-    sh = b.add_parser("shapes", help="generation quality against the shapes world's ground truth")
-    sh.add_argument("--methods", default="sds")
+    sh = add_command(b, "shapes", help="generation quality against the shapes world's ground truth")
+    sh.add_argument("--methods", default="sds", help="comma-separated guidance methods")
     sh.add_argument("--prompts", default=None, help="file with one prompt per line (default: every shape x 2 colors)")
-    sh.add_argument("--seeds", default="0,1")
+    sh.add_argument("--seeds", default="0,1", help="comma-separated seeds; every prompt runs once per seed")
     sh.add_argument("--stages", default="nerf", help="comma-separated: nerf,mesh (mesh refines each NeRF run)")
-    sh.add_argument("--steps", type=int, default=None)
-    sh.add_argument("--config", default=None)
-    sh.add_argument("--out", default="outputs/bench")
-    sh.add_argument("--json", default=None)
+    sh.add_argument("--steps", type=int, default=None, help="optimisation steps of every run (default: each "
+                                                            "method's recipe)")
+    sh.add_argument("--config", default=None, help=CONFIG_HELP + " for every run (default: each method's recipe)")
+    sh.add_argument("--out", default="outputs/bench", help="the folder of the benchmark's run folders")
+    sh.add_argument("--json", default=None, help="the results file; a rerun continues from it (default: none)")
     sh.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
     sh.set_defaults(func=cmd_bench_shapes)
 
@@ -365,9 +398,12 @@ def _add_doctor_command(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dream3d", description="Text to 3D by score distillation.")
+    """The `dream3d` parser: every subcommand, each option with its help and default."""
+    p = argparse.ArgumentParser(prog="dream3d", description="Text to 3D by score distillation.",
+                                formatter_class=HelpFormatter,
+                                epilog="`dream3d COMMAND --help` shows a command's options.")
     p.add_argument("-v", "--verbose", action="store_true", help="log backend choices and details")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     _add_run_commands(sub)
     _add_prior_commands(sub)
@@ -402,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         # positionals after options (dream3d generate --steps 5 "a red cube" k=v) land in `extra`
         bad = [x for x in extra if x.startswith("-") or not hasattr(a, "words")]
         if bad:
-            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+            getattr(a, "command_parser", parser).error(f"unrecognized arguments: {' '.join(bad)}")
         if extra:
             a.words = list(a.words) + extra
         logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(name)s: %(message)s")

@@ -152,8 +152,9 @@ class ExportConfig:
     resolution: int = 256
     texture_size: int = 1024
     turntable: bool = True
-    turntable_frames: int = 36
-    turntable_resolution: int = 128
+    turntable_frames: int = 60  # frames per full turn
+    turntable_resolution: int = 256  # pixels per side
+    turntable_fps: int = 15  # frames per second: 60 frames at 15 fps = one turn in 4 s
 
 
 @dataclass

@@ -15,18 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
-EventKind = Literal["start", "step", "preview", "checkpoint", "done", "stopped", "export", "exported"]
+EventKind = Literal["phase", "start", "step", "preview", "checkpoint", "done", "stopped", "export", "exported"]
+
+PHASES: dict[str, str] = {
+    "prior": "loading the prior",
+    "mesh_init": "initialising the mesh stage from the NeRF run (carving, signed distance, albedo fit)",
+    "first_step": "first step (the hash-grid kernel is compiled on its first use: up to a minute)",
+    "export": "exporting the mesh",
+    "turntable": "rendering the turntable",
+}
+"""The long phases of a run that are announced by a "phase" event (`Event.phase`), in words."""
 
 
 @dataclass(frozen=True)
 class Event:
     """One thing that happened in a run.
 
-    kind: start (a stage began or resumed) | step (one optimisation step finished; `metrics` holds its floats) |
+    kind: phase (a long phase began: `phase` names it, one of PHASES; it lasts until the next event) |
+        start (a stage began or resumed) | step (one optimisation step finished; `metrics` holds its floats) |
         preview (a preview image was written to `path`) | checkpoint | done | stopped (the stage ended) |
         export (the export of the finished stage began) | exported (it ended; `path` is the export folder).
     step, steps: the stage's step counter and its total. run_dir: the stage's run folder. stage: "nerf" | "mesh".
-    resumed: on start, whether a checkpoint was restored.
+    resumed: on start, whether a checkpoint was restored. phase: on phase, the phase's name (a key of PHASES).
     """
 
     kind: EventKind
@@ -37,6 +47,12 @@ class Event:
     resumed: bool = False
     path: Path | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    phase: str = ""
+
+    @property
+    def message(self) -> str:
+        """The phase in words (empty for events that are not phases)."""
+        return PHASES.get(self.phase, self.phase.replace("_", " "))
 
 
 EventCallback = Callable[[Event], None]

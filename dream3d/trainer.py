@@ -63,6 +63,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if prior is None:
             from dream3d.priors import load_prior
+            self.events(Event("phase", 0, cfg.steps, self.run.path, stage=cfg.stage, phase="prior"))
             prior = load_prior(cfg.prior or None, device=self.device, memory=cfg.prior_memory)
         self.prior = prior
         if prior.strict_vocabulary:
@@ -243,12 +244,15 @@ class Trainer:
         self.run.write_config(self.cfg)
         resumed = self.load()
         if not resumed and self.stage.starts_from is not None:
+            self._emit("phase", phase=f"{self.stage.name}_init")
             self._initialize_from_source()
         return resumed
 
     def _loop(self) -> str:
         """Steps until cfg.steps or a stop request; returns "done" or "stopped"."""
         cfg = self.cfg
+        if self.step < cfg.steps and not self._stop.is_set():
+            self._emit("phase", phase="first_step")
         with open(self.run.metrics, "a") as metrics:
             while self.step < cfg.steps:
                 if self._stop.is_set():

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "outputs" / "test-artifacts"  # screenshots of the browser tests (git-ignored)
+# screenshots of the browser tests: $DREAM3D_TEST_ARTIFACTS, else a folder in the temp folder (never outputs/)
+ARTIFACTS = Path(os.environ.get("DREAM3D_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "dream3d-test-artifacts")
 
 # everything a generation does, at a size that runs in seconds on a CPU (flow style: one line per section)
 TINY_YAML = """\
@@ -54,7 +56,7 @@ def launch_app(outputs: Path, **create_kwargs):
 
     demo = create(outputs, **create_kwargs)
     port = free_port()
-    demo.launch(prevent_thread_lock=True, quiet=True, **launch_kwargs("127.0.0.1", port))
+    demo.launch(prevent_thread_lock=True, **launch_kwargs("127.0.0.1", port))
     return demo, f"http://127.0.0.1:{port}/"
 
 

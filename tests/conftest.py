@@ -1,4 +1,6 @@
-"""Shared fixtures."""
+"""Shared fixtures, and a guard: the tests write only into temporary folders, never into the checkout's outputs/."""
+
+from pathlib import Path
 
 import pytest
 
@@ -13,3 +15,15 @@ def tiny_priors(tmp_path_factory):
     return {"sd": Prior.from_pretrained(save_tiny_sd(root / "sd", prediction_type="v_prediction")),
             "if": Prior.from_pretrained(save_tiny_if(root / "if")),
             "bundled": Prior.from_pretrained(save_tiny_bundled(root / "bundled"))}
+
+
+OUTPUTS = Path(__file__).resolve().parents[1] / "outputs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def outputs_left_alone():
+    """Fails the session when a test added anything to the checkout's outputs/ (use tmp_path and --out)."""
+    before = set(OUTPUTS.iterdir()) if OUTPUTS.is_dir() else set()
+    yield
+    added = (set(OUTPUTS.iterdir()) if OUTPUTS.is_dir() else set()) - before
+    assert not added, f"tests wrote into {OUTPUTS}: {sorted(p.name for p in added)}"

@@ -2,7 +2,8 @@
 
 One app (127.0.0.1, free port, launched in this process) and one browser serve every test of this module; runs
 use the bundled prior with the tiny configuration typed into the advanced config editor. The generation test
-saves a screenshot of the page with the finished model to outputs/test-artifacts/app_generate.png.
+saves a screenshot of the page with the finished model to $DREAM3D_TEST_ARTIFACTS (default: the temp
+folder's dream3d-test-artifacts/) as app_generate.png.
 """
 
 import json
@@ -165,10 +166,10 @@ def test_stop_keeps_partial_result_in_gallery(app, page):
     # the partial result is in the gallery and reopens with its 3D model
     page.get_by_role("tab", name="Gallery").click()
     gallery = page.locator("#gallery")
-    expect(gallery).to_contain_text(f"a blue sphere · sds · stopped {step}/20000", timeout=30_000)
+    expect(gallery).to_contain_text(f"generate · a blue sphere · sds · stopped {step}/20000", timeout=30_000)
     gallery.locator("button", has_text=f"stopped {step}/20000").first.click()
-    expect(page.locator("#open-status")).to_contain_text(f"{run.name}: 'a blue sphere' · sds · stopped at step "
-                                                         f"{step}/20000", timeout=30_000)
+    expect(page.locator("#open-status")).to_contain_text(f"{run.name}: generate · 'a blue sphere' · sds · stopped "
+                                                         f"at step {step}/20000", timeout=30_000)
     expect(page.locator("#open-model3d canvas")).to_be_visible(timeout=30_000)
     expect(page.locator("#open-glb a[download]")).to_have_count(1)
 

@@ -192,7 +192,7 @@ def test_run_folders(tmp_path):
         os.utime(d / "status.json", (t * 1e9, t * 1e9))
     (tmp_path / "not-a-run").mkdir()
     runs = list_runs(tmp_path)
-    assert [r.name for r in runs] == ["x-2", "x"] and runs[0].caption == "p · sds · stopped 3/9"
+    assert [r.name for r in runs] == ["x-2", "x"] and runs[0].caption == "generate · p · sds · stopped 3/9"
     assert runs[0].glb is None and obj_zip(b) is None
     assert resolve_run(tmp_path, "x") == a
     for bad in ("../x", "x/..", "", "not-a-run", "/etc"):

@@ -6,6 +6,7 @@ One finished 4-job batch (3 good prompts + one the bundled prior rejects) is sha
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -245,7 +246,13 @@ def test_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path):
     assert jobs[0]["step"] == stopped_at and 0 < stopped_at < 40  # the trainer checkpointed where it stopped
     assert jobs[1]["attempts"] == 0
 
-    r = run_batch(prompts, out)
+    # the printed command continues the batch
+    hint = [line for line in err.splitlines() if "continue with: dream3d batch" in line]
+    assert len(hint) == 1, err
+    command = shlex.split(hint[0].split("continue with: ", 1)[1])
+    assert command[:3] == ["dream3d", "batch", str(prompts)] and str(out) in command
+    r = subprocess.run([sys.executable, "-m", "dream3d.cli", *command[1:]], capture_output=True, text=True, env=ENV,
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     jobs = list(manifest(out).values())
     assert [e["state"] for e in jobs] == ["done", "done"]

@@ -74,4 +74,4 @@ def test_old_run_refines_edits_and_exports(old_run, tmp_path):
     r = cli("export", str(old_run), "--resolution", "48", "--texture", "64", "--no-turntable")
     assert r.returncode == 0, r.stderr
     record = json.loads((old_run / "export" / "export.json").read_text())
-    assert record["stats"]["faces"] > 0 and Path(record["files"]["glb"]).is_file()
+    assert record["stats"]["faces"] > 0 and (old_run / record["files"]["glb"]).is_file()  # relative to the run

@@ -53,6 +53,7 @@ class Job:
     preview: Path | None = None  # latest preview PNG
     error: str = ""  # one line when state == "failed"
     message: str = ""  # e.g. why it stopped
+    phase: str = ""  # the long phase under way, in words (loading the prior, ...); "" once steps run
     submitted: float = field(default_factory=time.time)
     started: float | None = None  # time of the first step event (for the ETA)
     start_step: int = 0
@@ -66,6 +67,7 @@ class Job:
         """The generation's event callback (runs in the worker thread); follows the stage that runs."""
         with self._lock:
             self.steps = e.steps
+            self.phase = e.message if e.kind == "phase" else "" if e.kind in ("start", "step") else self.phase
             if e.kind == "start":
                 self.state, self.step, self.run_dir = RUNNING, e.step, e.run_dir
             elif e.kind == "step":
@@ -100,7 +102,7 @@ class Job:
         """A consistent copy of the progress fields."""
         with self._lock:
             return {"state": self.state, "step": self.step, "steps": self.steps, "loss": list(self.losses),
-                    "preview": self.preview, "error": self.error, "message": self.message,
+                    "preview": self.preview, "error": self.error, "message": self.message, "phase": self.phase,
                     "run_dir": self.run_dir}
 
 

@@ -33,7 +33,7 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="app.py", description="dream3d web app (Gradio)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need --auth)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     p.add_argument("--auth", metavar="USER:PASS", help="require this login (required to bind beyond localhost)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs --auth)")
     p.add_argument("--outputs", default="outputs", help="runs folder (default: outputs)")
@@ -71,7 +71,20 @@ def launch_kwargs(host: str = "127.0.0.1", port: int | None = 7860, auth: tuple[
     from dream3d.app.ui import CSS
 
     return dict(server_name=host, server_port=port, auth=auth, share=share, enable_monitoring=False,
-                allowed_paths=None, show_error=False, ssr_mode=False, css=CSS, footer_links=["api"])
+                allowed_paths=None, show_error=False, ssr_mode=False, css=CSS, footer_links=["api"], quiet=True)
+
+
+def launch_hint(local_url: str, share_url: str | None = None, share: bool = False) -> str:
+    """What the app prints once it serves: its address, and how to get a public link with this app's options
+    (Gradio's own hint names `launch(share=True)`, which an app.py user cannot pass)."""
+    lines = [f"app.py: serving on {local_url} (Ctrl-C stops it; running jobs keep a checkpoint and an export)"]
+    if share_url:
+        lines.append(f"app.py: public link {share_url}")
+    elif share:
+        lines.append("app.py: the public link could not be created (no connection to gradio.live?)")
+    else:
+        lines.append("app.py: for a public link, start it with --share --auth USER:PASS")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C: running jobs stop with a checkpoint and an export
     try:
         demo.launch(prevent_thread_lock=True, **kwargs)
+        print(launch_hint(demo.local_url, demo.share_url, a.share), file=sys.stderr, flush=True)
         while True:  # our own wait, so that runs are stopped before the server waits for their pages
             time.sleep(0.5)
     except KeyboardInterrupt:

@@ -18,9 +18,10 @@ from dream3d.run_folder import RunFolder, reserve_run_dir  # noqa: F401
 class RunInfo:
     """One run folder: what the gallery shows and what a reopened run offers for download."""
 
-    name: str  # folder name (a direct child of the outputs root)
+    name: str  # the folder's path relative to the outputs root, with "/" (e.g. batch-prompts/a-red-cube-s0-1a2b)
     path: Path
     state: str  # running | done | stopped | failed | unknown
+    kind: str  # generate | mesh | edit (KINDS)
     step: int
     steps: int
     prompt: str
@@ -40,8 +41,8 @@ class RunInfo:
 
     @property
     def caption(self) -> str:
-        """'a red cube · sds · done 1200/1200' (gallery caption)."""
-        return f"{self.prompt} · {self.method} · {self.state} {self.step}/{self.steps}"
+        """'generate · a red cube · sds · done 1200/1200' (gallery caption: kind, prompt, method, stage)."""
+        return f"{self.kind} · {self.prompt} · {self.method} · {self.state} {self.step}/{self.steps}"
 
     @property
     def has_checkpoint(self) -> bool:
@@ -85,11 +86,29 @@ def read_losses(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(losses.items())
 
 
-def read_run(run_dir: Path) -> RunInfo:
-    """RunInfo of a run folder (its status, previews and export); the OBJ zip is made if missing."""
+KINDS = ("generate", "mesh", "edit")
+"""What made a run: `dream3d generate` (a NeRF run), the mesh stage (`dream3d refine`, two-stage recipes) or a
+DDS edit of another run (`dream3d edit`, the Edit tab)."""
+
+
+def run_kind(run: RunFolder, status: dict) -> str:
+    """The run's kind (KINDS) from status.json's `stage` (else the config's) and the config's `edit_source`."""
+    try:
+        cfg = run.read_config()
+    except Exception:  # noqa: BLE001 - a damaged config still shows in the gallery, by its status
+        stage, edited = status.get("stage", "nerf"), False
+    else:
+        stage, edited = status.get("stage", cfg.stage), bool(cfg.edit_source)
+    return "mesh" if stage == "mesh" else "edit" if edited else "generate"
+
+
+def read_run(run_dir: Path, name: str | None = None) -> RunInfo:
+    """RunInfo of a run folder (its status, previews and export); the OBJ zip is made if missing. name: its
+    gallery name (default: the folder name)."""
     run = RunFolder(run_dir)
     status = run.read_status()
-    return RunInfo(name=run.name, path=run.path, state=str(status.get("state", "unknown")),
+    return RunInfo(name=name or run.name, path=run.path, state=str(status.get("state", "unknown")),
+                   kind=run_kind(run, status),
                    step=int(status.get("step", 0)), steps=int(status.get("steps", 0)),
                    prompt=str(status.get("prompt", "")), method=str(status.get("method", "")),
                    preview=run.latest_preview(), glb=_existing(run.glb), obj_zip=obj_zip(run.path),
@@ -97,20 +116,41 @@ def read_run(run_dir: Path) -> RunInfo:
                    mtime=run.status.stat().st_mtime if run.status.exists() else 0.0)
 
 
+MAX_DEPTH = 3  # folder levels below the outputs root searched for runs (outputs/batch-x/<run> is level 2)
+
+
+def _run_folders(root: Path, depth: int = 1):
+    """Run folders (with a config and a status) under `root`, a run's own subfolders not searched."""
+    try:
+        children = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        return
+    for d in children:
+        run = RunFolder(d)
+        if run.is_run():
+            if run.status.is_file():
+                yield d
+        elif depth < MAX_DEPTH:
+            yield from _run_folders(d, depth + 1)
+
+
 def list_runs(root: Path) -> list[RunInfo]:
-    """Run folders directly under `root` (those with a config and a status), newest first."""
+    """Every run folder under `root` (direct children and those in batch folders, `root/batch-*/<run>`, up to
+    MAX_DEPTH levels down), newest first; each named by its path relative to `root`."""
     if not root.is_dir():
         return []
-    runs = [read_run(d) for d in root.iterdir()
-            if d.is_dir() and RunFolder(d).is_run() and RunFolder(d).status.is_file()]
+    runs = [read_run(d, d.relative_to(root).as_posix()) for d in _run_folders(root)]
     return sorted(runs, key=lambda r: r.mtime, reverse=True)
 
 
 def resolve_run(root: Path, name: str) -> Path:
-    """The run folder `root/name`; a user-supplied name must be a plain folder name of an existing run."""
-    if not name or Path(name).name != name or name in (".", ".."):
+    """The run folder `root/name`; a user-supplied name must be a relative path of plain folder names (as
+    `list_runs` gives) to an existing run inside `root`."""
+    parts = name.split("/") if name else []
+    if not parts or len(parts) > MAX_DEPTH or any(not p or p in (".", "..") or Path(p).name != p or "\\" in p
+                                                  for p in parts):
         raise Dream3DError(f"unknown run {name!r}")
-    path = root / name
-    if not RunFolder(path).is_run():
+    path = root.joinpath(*parts)
+    if not RunFolder(path).is_run() or not path.resolve().is_relative_to(root.resolve()):
         raise Dream3DError(f"unknown run {name!r} (no such run folder in {root})")
     return path

@@ -33,16 +33,18 @@ def job_html(job: Job, snap: dict, position: int) -> str:
     loss = f" · loss {snap['loss'][-1][1]:.4g}" if snap["loss"] else ""
     if state == WAITING:
         ahead = position - 1
-        text = (f"waiting in line: position {position} ({ahead} run{'s' if ahead != 1 else ''} ahead); "
+        text = ("waiting in line: next; it starts when the run on the device ends" if ahead <= 0 else
+                f"waiting in line: {ahead} run{'s wait' if ahead != 1 else ' waits'} ahead of this one; "
                 "it starts when the device is free")
         return info_html(text, "queued")
     if state == STARTING:
-        return info_html("starting: loading the prior and building the scene…", "starting")
+        return info_html(f"starting: {snap.get('phase') or 'loading the prior and building the scene'}…", "starting")
     if state == RUNNING:
         elapsed = time.time() - job.started if job.started else 0.0
         stopping = " · stopping after this step…" if job.stop_requested.is_set() else ""
+        phase = f" · {snap['phase']}…" if snap.get("phase") else ""
         text = (f"step {step}/{steps} · {duration(elapsed)} elapsed · ETA {duration(job.eta_seconds())}"
-                f"{loss}{stopping}")
+                f"{loss}{phase}{stopping}")
         return f'<div class="d3-status" data-state="running">{bar}<span>{html.escape(text)}</span></div>'
     if state == EXPORTING:
         text = f"step {step}/{steps}{loss} · exporting the mesh (GLB, OBJ) and the turntable video…"

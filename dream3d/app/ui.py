@@ -235,14 +235,20 @@ class Handlers:
             run_dir = resolve_run(self.outputs, name)
         except Dream3DError as e:
             return error_html(str(e)), None, None, None, None, None, None, None
-        info = read_run(run_dir)
-        text = (f"{info.name}: '{info.prompt}' · {info.method} · {info.state} at step {info.step}/{info.steps}"
+        info = read_run(run_dir, name)
+        text = (f"{info.name}: {info.kind} · '{info.prompt}' · {info.method} · {info.state} at step "
+                f"{info.step}/{info.steps}"
                 + ("" if info.glb else " · no export yet"))
         return (info_html(text, info.state), serve(info.preview), loss_frame(read_losses(run_dir)), serve(info.glb),
                 serve(info.glb), serve(info.obj_zip), serve(info.config), serve(info.video))
 
 
 # --- layout ----------------------------------------------------------------------------------------------------
+VIEWER_CAMERA = (45.0, 60.0, None)
+"""The 3-D viewer's first view (gr.Model3D camera_position: azimuth and polar angle in degrees, radius): a
+three-quarter view from 30 degrees above the horizon, between two side axes, so a cube shows three faces."""
+
+
 @dataclass
 class GenerateTab:
     """The inputs and buttons of the Generate tab, and its panel."""
@@ -297,7 +303,7 @@ def panel(prefix: str) -> Panel:
                            y_axis_format=".3~s")  # short tick labels: 1.5k
     with gr.Row():
         model = gr.Model3D(label="3D model (GLB)", elem_id=f"{prefix}-model3d", clear_color=(1, 1, 1, 1),
-                           height=360)
+                           height=360, camera_position=VIEWER_CAMERA)
         video = gr.Video(label="Turntable", elem_id=f"{prefix}-video", interactive=False, loop=True, height=360)
     with gr.Row():
         glb = gr.File(label="GLB", elem_id=f"{prefix}-glb", interactive=False)

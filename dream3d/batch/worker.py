@@ -101,6 +101,8 @@ def run_job(job, run_dir: str | Path, emit: Callable[[dict], None],
             emit({"type": "progress", **base, "step": e.step, "steps": e.steps, "phase": "train"})
         elif e.kind == "export":
             emit({"type": "progress", **base, "step": e.step, "steps": job.steps, "phase": "export"})
+        elif e.kind == "phase":  # a long phase: the live table shows its name
+            emit({"type": "progress", **base, "step": e.step, "steps": e.steps, "phase": e.phase.replace("_", " ")})
 
     result = {"type": "finished", **base, "state": "failed", "error": "", "step": 0, "steps": job.steps,
               "outputs": {}}

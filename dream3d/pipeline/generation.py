@@ -71,7 +71,8 @@ def run_generation(cfg: RunConfig, run: RunFolder | str | Path, prior: Diffusion
     if wanted and trainer.cfg.export.enabled:
         trainer.events(Event("export", trainer.step, trainer.cfg.steps, run_dir=trainer.run.path,
                              stage=trainer.cfg.stage))
-        result.exported = export_run(trainer.run, loaded=(trainer.cfg, trainer.renderer), log=log)
+        result.exported = export_run(trainer.run, loaded=(trainer.cfg, trainer.renderer), log=log,
+                                     events=trainer.events)
         trainer.events(Event("exported", trainer.step, trainer.cfg.steps, run_dir=trainer.run.path,
                              stage=trainer.cfg.stage, path=trainer.run.export))
     return result

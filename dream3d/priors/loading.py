@@ -3,13 +3,20 @@
 Every component is loaded with its library's own `from_pretrained(name_or_path, subfolder=component)`, so hub
 ids download exactly like diffusers pipelines do. Only the components a prior needs are loaded; the rest of
 model_index.json (safety checker, feature extractor, watermarker, ...) is ignored.
+
+Hub ids without a network: when `HF_HUB_OFFLINE` is set, or when a quick probe finds the hub's address out of
+reach, only the local hub cache is read (`local_files_only`), so a missing model is one line at once instead of
+the hub client's retries.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
+import socket
+from urllib.parse import urlsplit
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,34 @@ def fail(name: str, reason: str) -> ModelLoadError:
     if len(reason) > 300:
         reason = reason[:297] + "..."
     return ModelLoadError(f"cannot load prior '{safe_text(name)}': {reason}")
+
+
+HUB_PROBE_SECONDS = 3.0  # how long the probe of the hub's address may take
+
+
+@functools.lru_cache(maxsize=1)
+def hub_offline() -> str:
+    """Why hub ids are read from the local cache only ("" when the hub is to be asked): `HF_HUB_OFFLINE` set, or
+    the hub's host (`HF_ENDPOINT`, default huggingface.co) not resolvable or not connectable within
+    HUB_PROBE_SECONDS. With a proxy configured the probe is skipped (the proxy may reach what this host cannot).
+    Checked once per process."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=HUB_PROBE_SECONDS):
+            return ""
+    except OSError as e:
+        return f"{host} is out of reach ({e.strerror or type(e).__name__})"
+
+
+def _offline_reason(name: str, why: str) -> ModelLoadError:
+    """The one line for a hub id that is not in the local cache while the hub cannot be asked."""
+    return fail(name, f"not in the local hub cache, and {why}; download it where the hub is reachable "
+                      "(it lands in ~/.cache/huggingface), or give a local diffusers folder")
 
 
 def looks_like_path(name: str) -> bool:
@@ -52,10 +87,12 @@ def _read_json_file(name: str, filename: str, local: bool, required: bool) -> di
         try:
             from huggingface_hub import hf_hub_download
 
-            text = Path(hf_hub_download(name, filename)).read_text()
+            offline = hub_offline()
+            text = Path(hf_hub_download(name, filename, local_files_only=bool(offline))).read_text()
         except Exception as e:  # network, missing repo, missing file
             if required:
-                raise fail(name, f"{type(e).__name__}: {e}") from None
+                raise (_offline_reason(name, offline) if offline else fail(name, f"{type(e).__name__}: {e}")) \
+                    from None
             return None
     try:
         data = json.loads(text)
@@ -108,9 +145,14 @@ def load_component(name: str, index: dict, component: str, dtype: torch.dtype | 
         raise fail(name, f"{library} has no class {class_name} (component '{component}'); "
                          f"upgrade {library}?")
     kwargs: dict[str, Any] = {"subfolder": component}
+    offline = "" if looks_like_path(name) else hub_offline()
+    if offline:
+        kwargs["local_files_only"] = True
     if dtype is not None and isinstance(cls, type) and issubclass(cls, torch.nn.Module):
         kwargs["torch_dtype" if library == "diffusers" else "dtype"] = dtype
     try:
         return cls.from_pretrained(os.fspath(Path(name).expanduser()) if looks_like_path(name) else name, **kwargs)
     except Exception as e:  # missing files, bad configs, network, ...
+        if offline:
+            raise _offline_reason(name, offline) from None
         raise fail(name, f"component '{component}' ({class_name}): {type(e).__name__}: {e}") from None
