@@ -389,11 +389,12 @@ def _add_doctor_command(sub) -> None:
     """doctor."""
     from dream3d.doctor import REQUIRABLE
 
-    d = sub.add_parser("doctor", help="check the install: device, versions, which backends auto picks and why",
-                       description="Print the device, torch/CUDA versions, which backend auto picks for the hash "
-                       "grid, ray marching and rasterizer and why, the free disk in the kernel cache, and a verdict.")
+    d = add_command(sub, "doctor", help="check the install: device, versions, which backends auto picks and why",
+                    description="Print the device, torch/CUDA versions, which backend auto picks for the hash "
+                    "grid, ray marching and rasterizer and why, the free disk in the kernel cache, and a verdict.")
     d.add_argument("--require", action="append", default=[], choices=REQUIRABLE, metavar="BACKEND",
-                   help=f"exit with status 1 unless BACKEND works (repeatable): {', '.join(REQUIRABLE)}")
+                   help=f"exit with status 1 unless BACKEND works (repeatable): {', '.join(REQUIRABLE)} "
+                   "(default: none required; the verdict only)")
     d.set_defaults(func=cmd_doctor)
 
 

@@ -547,6 +547,7 @@ BOUNDS: dict[str, Range] = {
     "loss.orientation_ramp": Range(0, max(MAX_STEPS, WEIGHT.hi)),
     "export.resolution": Range(8, 1024), "export.texture_size": Range(4, 8192),
     "export.turntable_frames": Range(1, 3600), "export.turntable_resolution": Range(8, 2048),
+    "export.turntable_fps": Range(1, 120),
     "mesh.tet_resolution": Range(2, 256), "mesh.deform_fraction": FRACTION, "mesh.sdf_lr": LR,
     "mesh.deform_lr": LR, "mesh.albedo_fit_steps": Range(0, 100_000), "mesh.carve_views": Range(0, 1024),
     "mesh.carve_resolution": Range(8, 2048), "mesh.sdf_regularizer": WEIGHT, "mesh.normal_consistency": WEIGHT,

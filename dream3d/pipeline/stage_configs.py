@@ -63,6 +63,8 @@ def generation_config(config: str | Path | None = None,
     """
     path = config_file(config)
     cfg = load_config(path, overrides)
+    if path is not None and _sets_scale(path, overrides):
+        return cfg, f"config {path}"  # nothing to read from the prior
     info = inspect_prior(cfg.prior or None)
     if path is None:
         name = recipe_for_prior(info.kind, cfg.guidance.method)
