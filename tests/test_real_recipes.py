@@ -106,3 +106,12 @@ def test_the_app_and_batch_pick_the_same_recipes(folders, tmp_path):
 def _with(cfg, prompt):
     cfg.prompt, cfg.name = prompt, ""
     return cfg
+
+
+def test_the_generate_tab_fills_steps_and_scale_from_the_prior_kind_recipe(folders):
+    pytest.importorskip("gradio")
+    from dream3d.app.ui import Handlers
+
+    assert Handlers.recipe_defaults("sds", str(folders["sd"])) == (10000, 101.0)
+    assert Handlers.recipe_defaults("vsd", str(folders["sd"])) == (25000, 7.5)
+    assert Handlers.recipe_defaults("sds", "") == (1200, 10.0)

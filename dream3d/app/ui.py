@@ -203,12 +203,14 @@ class Handlers:
         return info_html(f"config OK: {forms.describe(cfg)}", "ok")
 
     @staticmethod
-    def method_scale(method: str) -> Any:
-        """The default guidance scale of `method` (left as it is for an unknown method)."""
+    def recipe_defaults(method: str, prior: str = "") -> tuple[Any, Any]:
+        """(steps, guidance scale) of the recipe `method` takes for `prior` (`forms.method_config`: the prior
+        kind's recipe); both left as they are for an unknown method or a prior that cannot be read."""
         try:
-            return forms.method_config(method).guidance.guidance_scale
+            cfg = forms.method_config(method, prior)
         except Dream3DError:
-            return gr.skip()
+            return gr.skip(), gr.skip()
+        return cfg.steps, cfg.guidance.guidance_scale
 
     def refresh(self) -> tuple:
         """Gallery items, their run names, and the choices of the run pickers."""
@@ -400,7 +402,8 @@ def wire_generate(tab: GenerateTab, h: Handlers, show_model: dict, refresh: Any,
     tab.stop_btn.click(h.stopper("generate"), outputs=None, api_name="stop", concurrency_limit=None)
     tab.check_btn.click(h.check_config, [tab.method, tab.prior, tab.steps, tab.seed, tab.scale, tab.editor],
                         tab.panel.status, api_name="check_config")
-    tab.method.change(h.method_scale, tab.method, tab.scale, **PRIVATE)
+    for event in (tab.method.change, tab.prior.blur, tab.prior.submit):  # the recipe follows method and prior
+        event(h.recipe_defaults, [tab.method, tab.prior], [tab.steps, tab.scale], **PRIVATE)
 
 
 def wire_edit(tab: EditTab, h: Handlers, show_model: dict, refresh: Any, refresh_outputs: list) -> None:
