@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's dream3d; the folder builders of its tests
 
-from tiny_models import (QUIET_RUN, full_size_config, peak_rss_gib, reset_peak_rss,  # noqa: E402
-                         save_if_i_m_random, save_sd21_base_random)
+from tiny_models import (QUIET_RUN, full_size_config, peak_rss_gib, release_memory,  # noqa: E402
+                         reset_peak_rss, save_if_i_m_random, save_sd21_base_random)
 
 CASES = ("sd-sds", "sd-vsd", "if-sds")  # in this order: VSD attaches its LoRA to the SD UNet it shares with sd-sds
 FOLDERS = {"sd": ("sd21-base", save_sd21_base_random), "if": ("if-i-m", save_if_i_m_random)}
@@ -56,6 +57,7 @@ def measure_case(recipe: str, prior, folder: Path, device: torch.device, steps: 
     from dream3d.trainer import Trainer
 
     cfg, source = full_size_config(recipe, folder, warmup + steps, device=device.type, extra=QUIET_RUN)
+    release_memory()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     exact = device.type == "cuda" or reset_peak_rss()
@@ -111,6 +113,7 @@ def _run_kind(kind: str, recipes: list[str], device: torch.device, steps: int, w
             f"{r['peak_gib']:.2f} GiB  [{r['source']}; {r['render']} renders; prior {r['prior_dtype']}; "
             f"render {r['renderer']}, hash grid {r['encoding']}; {steps} steps after {warmup}]")
     del prior
+    release_memory()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out

@@ -161,11 +161,12 @@ def save_tiny_bundled(out: str | Path, strict_vocabulary: bool = True, half: boo
 # files unet/config.json, vae/config.json, text_encoder/config.json (OpenCLIP ViT-H/14 text tower, penultimate layer:
 # 23 layers) and scheduler/scheduler_config.json (epsilon prediction; the 768-px stable-diffusion-2-1 is the
 # v-prediction one). DeepFloyd IF stage I: the structure of DeepFloyd/IF-I-XL-v1.0's unet/config.json (the largest,
-# block_out_channels 704-1408-2112-2816, cross-attention 2816) at IF-I-M's width, model_channels 192
-# (block_out_channels 192-384-576-768, cross-attention 4 x 192): 372M parameters, the "400M" of the IF-I-M-v1.0 model
-# card (the same structure at XL's width has 4.30B, its card's "4.3B"); its scheduler is the one diffusers'
-# scripts/convert_if.py writes for stage I; the text encoder is T5 v1.1 XXL's (google/t5-v1_1-xxl config.json:
-# d_model 4096, 64 heads of 64, gated-GELU d_ff 10240) cut to `text_layers` layers. The tokenizers are the small
+# block_out_channels 704-1408-2112-2816, cross-attention 2816) at model_channels 192 (block_out_channels
+# 192-384-576-768, cross-attention 4 x 192), the width that gives IF-I-M's published size: 372M parameters, the
+# "400M" of the IF-I-M-v1.0 model card (at XL's width the same structure has 4.30B, its card's "4.3B"); the
+# scheduler is the one diffusers' scripts/convert_if.py writes for stage I; the text encoder is T5 v1.1 XXL's
+# (google/t5-v1_1-xxl config.json: d_model 4096, 64 heads of 64, gated-GELU d_ff 10240) cut to `text_layers`
+# layers. The tokenizers are the small
 # in-code ones above (the vocabulary size changes only the embedding table) at the real lengths (77 tokens).
 
 SD21_BASE_UNET = dict(
@@ -298,6 +299,18 @@ def full_size_config(recipe: str, prior: str | Path, steps: int, device: str = "
     cfg = load_config(recipe_path(recipe) if shipped else None, overrides)
     cfg.prompt = prompt
     return cfg, (f"configs/{recipe}.yaml" if shipped else "overrides " + " ".join(FULL_SIZE_FALLBACKS[recipe]))
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc), so that RSS shows what is live."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
 
 
 def reset_peak_rss() -> bool:
