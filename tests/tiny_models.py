@@ -155,6 +155,183 @@ def save_tiny_bundled(out: str | Path, strict_vocabulary: bool = True, half: boo
     return out
 
 
+# --- full-size random-weight folders (the public architectures of SD 2.1-base and IF-I-M; no download) ---------
+#
+# The values are the published configs. Stable Diffusion 2.1-base: the hub repo stabilityai/stable-diffusion-2-1-base,
+# files unet/config.json, vae/config.json, text_encoder/config.json (OpenCLIP ViT-H/14 text tower, penultimate layer:
+# 23 layers) and scheduler/scheduler_config.json (epsilon prediction; the 768-px stable-diffusion-2-1 is the
+# v-prediction one). DeepFloyd IF stage I: the structure of DeepFloyd/IF-I-XL-v1.0's unet/config.json (the largest,
+# block_out_channels 704-1408-2112-2816, cross-attention 2816) at model_channels 192 (block_out_channels
+# 192-384-576-768, cross-attention 4 x 192), the width that gives IF-I-M's published size: 372M parameters, the
+# "400M" of the IF-I-M-v1.0 model card (at XL's width the same structure has 4.30B, its card's "4.3B"); the
+# scheduler is the one diffusers' scripts/convert_if.py writes for stage I; the text encoder is T5 v1.1 XXL's
+# (google/t5-v1_1-xxl config.json: d_model 4096, 64 heads of 64, gated-GELU d_ff 10240) cut to `text_layers`
+# layers. The tokenizers are the small
+# in-code ones above (the vocabulary size changes only the embedding table) at the real lengths (77 tokens).
+
+SD21_BASE_UNET = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True, norm_num_groups=32,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    act_fn="silu", flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, mid_block_scale_factor=1)
+SD21_BASE_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+    act_fn="silu", scaling_factor=0.18215)
+SD21_TEXT = dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+                 max_position_embeddings=77, hidden_act="gelu", layer_norm_eps=1e-5)
+SD21_BASE_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                           beta_schedule="scaled_linear", prediction_type="epsilon", clip_sample=False,
+                           set_alpha_to_one=False, steps_offset=1)
+IF_I_M_UNET = dict(
+    sample_size=64, in_channels=3, out_channels=6, layers_per_block=3, block_out_channels=(192, 384, 576, 768),
+    cross_attention_dim=768, attention_head_dim=64, encoder_hid_dim=4096, encoder_hid_dim_type="text_proj",
+    addition_embed_type="text", addition_embed_type_num_heads=64, cross_attention_norm="group_norm",
+    down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D",
+                      "SimpleCrossAttnDownBlock2D"),
+    up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D",
+                    "ResnetUpsampleBlock2D"),
+    mid_block_type="UNetMidBlock2DSimpleCrossAttn", resnet_time_scale_shift="scale_shift", act_fn="gelu",
+    norm_num_groups=32, upcast_attention=False)
+IF_SCHEDULER = dict(variance_type="learned_range", beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+                    thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
+T5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_heads=64, feed_forward_proj="gated-gelu",
+              relative_attention_num_buckets=32, layer_norm_epsilon=1e-6)
+
+
+def _save_each(out: Path, half: bool, builders: dict) -> None:
+    """Build, save and free one component at a time (the peak memory is one fp32 component, not the model)."""
+    for name, build in builders.items():
+        comp = build()
+        if half and isinstance(comp, torch.nn.Module):
+            comp = comp.half()
+        comp.save_pretrained(out / name)
+        del comp
+
+
+def save_sd21_base_random(out: str | Path, text_layers: int = 23, half: bool = True, seed: int = 0) -> Path:
+    """Stable Diffusion 2.1-base's architecture with random weights: UNet 865M parameters (4x64x64 latents, 1024-d
+    cross-attention), VAE (x8: 512 px -> 4x64x64), CLIP text encoder 1024-d with `text_layers` layers (23 as
+    published), DDIM scaled_linear 0.00085..0.012, epsilon. Saved in fp16 when `half` (about 2.2 GB)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = clip_tokenizer(max_length=77)
+
+    def text_encoder():
+        torch.manual_seed(seed)
+        return CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), **{**SD21_TEXT, "num_hidden_layers": text_layers},
+                                            bos_token_id=0, eos_token_id=1, pad_token_id=1)).eval()
+
+    def seeded(cls, cfg, k):
+        def build():
+            torch.manual_seed(seed + k)
+            return cls(**cfg)
+        return build
+
+    _save_each(out, half, {"tokenizer": lambda: tok, "text_encoder": text_encoder,
+                           "unet": seeded(UNet2DConditionModel, SD21_BASE_UNET, 1),
+                           "vae": seeded(AutoencoderKL, SD21_BASE_VAE, 2),
+                           "scheduler": lambda: DDIMScheduler(**SD21_BASE_SCHEDULER)})
+    _write_index(out, "StableDiffusionPipeline", {
+        "tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": ["transformers", "CLIPTextModel"],
+        "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None], "requires_safety_checker": False})
+    return out
+
+
+def save_if_i_m_random(out: str | Path, text_layers: int = 1, half: bool = True, seed: int = 0) -> Path:
+    """DeepFloyd IF-I-M's architecture with random weights: pixel UNet 372M parameters (3x64x64 in, 6 out: ε and
+    the learned variance), T5 v1.1 XXL-width encoder (d_model 4096) with `text_layers` layers, learned_range DDPM.
+    Saved in fp16 when `half` (about 1.1 GB with one T5 layer)."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import T5Config, T5EncoderModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = t5_tokenizer(max_length=77)
+
+    def text_encoder():
+        torch.manual_seed(seed)
+        return T5EncoderModel(T5Config(vocab_size=len(tok), num_layers=text_layers, pad_token_id=0, eos_token_id=1,
+                                       **T5_XXL)).eval()
+
+    def unet():
+        torch.manual_seed(seed + 1)
+        return UNet2DConditionModel(**IF_I_M_UNET)
+
+    _save_each(out, half, {"tokenizer": lambda: tok, "text_encoder": text_encoder, "unet": unet,
+                           "scheduler": lambda: DDPMScheduler(**IF_SCHEDULER)})
+    _write_index(out, "IFPipeline", {
+        "tokenizer": ["transformers", "T5Tokenizer"], "text_encoder": ["transformers", "T5EncoderModel"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDPMScheduler"],
+        "safety_checker": [None, None], "feature_extractor": [None, None],
+        "watermarker": ["deepfloyd_if", "IFWatermarker"], "requires_safety_checker": False})
+    return out
+
+
+# The full-size recipes: the shipped recipe when it exists (configs/sd-sds.yaml, ...), else the settings the
+# recipes are meant to carry (DreamFusion-SD: CFG 101 in the diffusers form, 64x64 renders, one view per step).
+FULL_SIZE_RENDER = ["render.height=64", "render.width=64", "render.batch_size=1"]
+FULL_SIZE_FALLBACKS = {
+    "sd-sds": ["guidance.method=sds", "guidance.guidance_scale=101"] + FULL_SIZE_RENDER,
+    "sd-vsd": ["guidance.method=vsd", "guidance.guidance_scale=7.5"] + FULL_SIZE_RENDER,
+    "if-sds": ["guidance.method=sds", "guidance.guidance_scale=21"] + FULL_SIZE_RENDER,
+}
+# what a short measured run leaves out: the export, previews and intermediate checkpoints
+QUIET_RUN = ["export.enabled=false", "preview_every=100000", "checkpoint_every=100000"]
+
+
+def full_size_config(recipe: str, prior: str | Path, steps: int, device: str = "cpu", extra: list[str] = (),
+                     prompt: str = "a hamburger"):
+    """(RunConfig, source) for `steps` steps of `recipe` ("sd-sds", "sd-vsd", "if-sds") with the prior folder
+    `prior`; source is "configs/<recipe>.yaml" or "overrides <...>" when that recipe is not shipped."""
+    from dream3d.config import load_config
+    from dream3d.recipes import recipe_names, recipe_path
+
+    shipped = recipe in recipe_names()
+    overrides = ([] if shipped else FULL_SIZE_FALLBACKS[recipe]) + [
+        f"prior={prior}", f"steps={steps}", f"device={device}", *extra]
+    cfg = load_config(recipe_path(recipe) if shipped else None, overrides)
+    cfg.prompt = prompt
+    return cfg, (f"configs/{recipe}.yaml" if shipped else "overrides " + " ".join(FULL_SIZE_FALLBACKS[recipe]))
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc), so that RSS shows what is live."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: /proc/self/clear_refs); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory in GiB since the last `reset_peak_rss` (resource.getrusage)."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes on macOS, KiB on Linux
+
+
 # --- analytic priors (duck-typed `Prior`s with closed-form ε-predictions) --------------------------------------
 
 def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
