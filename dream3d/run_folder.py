@@ -246,7 +246,8 @@ class RunFolder:
     @contextlib.contextmanager
     def locked(self, command: str) -> Iterator[None]:
         """Hold the run's lock file while `command` writes the run; Dream3DError naming the owner when another
-        process holds it. A lock left by a process that is gone is taken over (one warning line)."""
+        process holds it. A lock left by a process that is gone is taken over (one warning line). When `command`
+        fails before writing anything, the folder it would have filled is removed again."""
         import fcntl
 
         self.path.mkdir(parents=True, exist_ok=True)
@@ -276,12 +277,21 @@ class RunFolder:
             fh.flush()
             try:
                 yield
+            except BaseException:
+                self._remove_if_unused()
+                raise
             finally:
                 fh.seek(0)
                 fh.truncate()
                 fh.flush()
         finally:
             fh.close()  # closing drops the lock
+
+    def _remove_if_unused(self) -> None:
+        """Remove the folder when it holds nothing but its lock file (a command that failed before writing)."""
+        if self.path.is_dir() and not [p for p in self.path.iterdir() if p.name != LOCK_FILE]:
+            self.lock_file.unlink(missing_ok=True)
+            self.path.rmdir()
 
     def read_status(self) -> dict:
         """status.json as a dict ({} when missing or unreadable)."""

@@ -29,7 +29,7 @@ def test_missing_recipe_is_one_line_error_listing_the_recipes(name):
     with pytest.raises(ConfigError) as info:
         recipes.recipe_path(name)
     msg = str(info.value)
-    assert "\n" not in msg and repr(name) in msg and "dds-edit, mesh" in msg
+    assert "\n" not in msg and repr(name) in msg and all(f" {r}," in msg for r in ("dds-edit", "mesh", "sds"))
 
 
 def test_config_file_takes_a_path_or_a_recipe_name(tmp_path, monkeypatch):
