@@ -105,6 +105,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     else:
         if a.prompt is None:
             raise Dream3DError("give a prompt, e.g. dream3d generate \"a red cube\" (or --resume RUN_DIR)")
+        if not a.prompt.strip():
+            raise Dream3DError("the prompt is empty; try for example 'a red cube'")
         overrides = list(a.overrides)
         for key, value in (("prior", a.prior), ("seed", a.seed), ("steps", a.steps), ("device", a.device)):
             if value is not None:

@@ -108,7 +108,10 @@ def test_user_mistakes_exit_2_with_one_line(args, needle, tmp_path):
     r = generate([*args, "--out", str(tmp_path / "x")])
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+    errors = [ln for ln in lines if ln.startswith("dream3d: error:")]
+    assert len(errors) == 1 and errors == lines[-1:] and needle in errors[0] and "Traceback" not in r.stderr
+    progress = ("dream3d: recipe ", "generate: ")  # the recipe line and phase lines that come before the mistake
+    assert all(ln.startswith(progress) for ln in lines[:-1]), lines
 
 
 @pytest.mark.slow

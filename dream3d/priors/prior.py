@@ -132,8 +132,7 @@ class Prior:
         unk = self.tokenizer.unk_token_id
         for tid, (a, b) in zip(tok.input_ids, tok.offset_mapping):
             if unk is not None and tid == unk:
-                raise PromptError(f"unknown word '{prompt[a:b]}' in prompt '{prompt}' for prior '{self.name}'"
-                                  f"{self._known_words()}")
+                raise PromptError(f"unknown word '{prompt[a:b]}' in '{prompt}'{self._known_words()}")
         n = len(self.tokenizer(prompt).input_ids)
         if n > self.max_length:
             raise PromptError(f"prompt '{prompt}' is too long for prior '{self.name}' "
@@ -143,8 +142,8 @@ class Prior:
         vocab = self.tokenizer.get_vocab()
         if len(vocab) > 100:
             return ""
-        words = sorted(w for w in vocab if w not in self.tokenizer.all_special_tokens)
-        return "; known words: " + " ".join(words)
+        words = sorted(w for w in vocab if w.isalpha() and w not in self.tokenizer.all_special_tokens)
+        return "; this prior knows: " + " ".join(words) + "; other words need an open-vocabulary --prior"
 
     # --- images -----------------------------------------------------------------------------------------------
     def encode_images(self, rgb: torch.Tensor) -> torch.Tensor:
