@@ -44,7 +44,7 @@ $(BIN)/dream3d: pyproject.toml
 # Every package already installed keeps at least its version ($(CACHE)/keep-versions.txt: no downgrade).
 $(CACHE)/app-test-deps: pyproject.toml $(BIN)/dream3d
 	@echo "installing the test tools (gradio, ray, playwright)"
-	@$(BIN)/python -m pip list --format=freeze 2>/dev/null | grep -v -i '^dream3d==' | sed 's/==/>=/' \
+	@$(BIN)/python -m pip list --format=freeze 2>/dev/null | grep -v -i '^dream3d==' | sed -e 's/==/>=/' -e 's/+.*$$//' \
 	  >$(CACHE)/keep-versions.txt
 	@$(PIP) install -q -c $(CACHE)/keep-versions.txt -e '.[app,distributed]' 'playwright>=1.45,<2'
 	@if [ ! -x /usr/bin/chromium ]; then \

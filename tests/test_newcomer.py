@@ -307,7 +307,7 @@ case "$*" in *download.pytorch.org*) [ -n "$CPU_INDEX_DOWN" ] && exit 1;; esac
 exit 0
 """
 FAKE_PYTHON = """#!/bin/sh
-printf 'pillow==12.3.0\\ndream3d==0.1.0\\nnumpy==2.4.6\\n'
+printf 'pillow==12.3.0\\ndream3d==0.1.0\\nnumpy==2.4.6\\ntorch==2.13.0+cpu\\n'
 """
 
 
@@ -355,7 +355,7 @@ def test_makefile_installs_the_cpu_torch_from_the_cpu_index_first(tmp_path):
 def test_makefile_test_deps_downgrade_nothing_and_chromium_comes_without_recommends(tmp_path):
     calls, _ = _make(tmp_path, "{cache}/app-test-deps")
     keep = (tmp_path / "cache" / "keep-versions.txt").read_text().split()
-    assert keep == ["pillow>=12.3.0", "numpy>=2.4.6"]  # every installed package at least at its version
+    assert keep == ["pillow>=12.3.0", "numpy>=2.4.6", "torch>=2.13.0"]  # at least its version; local labels (+cpu) go
     (deps,) = [c for c in calls if "playwright" in c]
     assert f"-c {tmp_path / 'cache' / 'keep-versions.txt'}" in deps and ".[app,distributed]" in deps
     apt = [line for line in (REPO / "Makefile").read_text().splitlines() if "apt-get install" in line]
