@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from typing import TYPE_CHECKING
 
@@ -102,6 +103,12 @@ def cmd_generate(a: argparse.Namespace) -> int:
     a.prompt = texts[0] if texts else None
     if a.resume:
         run, cfg = _resume(a)
+        status = run.read_status()
+        if status.get("state") == "done" and status.get("step") == cfg.steps and run.export_record.is_file():
+            print(f"dream3d: {run.path} already finished at step {cfg.steps} and is exported; give more --steps "
+                  f"to go on, or redo the export with: dream3d export {shlex.quote(str(run.path))}", file=sys.stderr)
+            print(run.path)
+            return 0
     else:
         if a.prompt is None:
             raise Dream3DError("give a prompt, e.g. dream3d generate \"a red cube\" (or --resume RUN_DIR)")

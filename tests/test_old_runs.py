@@ -75,3 +75,9 @@ def test_old_run_refines_edits_and_exports(old_run, tmp_path):
     assert r.returncode == 0, r.stderr
     record = json.loads((old_run / "export" / "export.json").read_text())
     assert record["stats"]["faces"] > 0 and (old_run / record["files"]["glb"]).is_file()  # relative to the run
+
+    stamp = (old_run / "export" / "export.json").stat().st_mtime_ns
+    r = cli("generate", "--resume", str(old_run))  # finished and exported: nothing to redo
+    assert r.returncode == 0 and "already finished at step 4" in r.stderr and "dream3d export" in r.stderr
+    assert r.stdout.strip().splitlines()[-1] == str(old_run)
+    assert (old_run / "export" / "export.json").stat().st_mtime_ns == stamp
