@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_check: --budget must be positive (seconds)", file=sys.stderr)
         return 2
     if a.dry_run:
-        work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / "dream3d-gpu-check-XXXX"
+        work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / "dream3d-gpu-check"
         checks = plan(work)
         print(f"gpu_check would run, within {a.budget:.0f} s (work folder {work}):")
         for i, (name, cmd, cap) in enumerate(checks, 1):
