@@ -59,6 +59,14 @@ def t5_tokenizer(max_length: int = 16):
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
 
+# model_index.json components of an SD 1.x/2.x folder (as diffusers' StableDiffusionPipeline saves them)
+SD_COMPONENTS = {
+    "tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": ["transformers", "CLIPTextModel"],
+    "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
+    "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
+    "feature_extractor": [None, None], "requires_safety_checker": False}
+
+
 def save_tiny_sd(out: str | Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """SD-style latent prior: AutoencoderKL (x2 downsampling, 16 px images -> 4x8x8 latents) + CLIP + UNet."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -79,11 +87,7 @@ def save_tiny_sd(out: str | Path, prediction_type: str = "epsilon", seed: int = 
     sched = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                           prediction_type=prediction_type, clip_sample=False, set_alpha_to_one=False)
     _save(out, tokenizer=tok, text_encoder=te, vae=vae, unet=unet, scheduler=sched)
-    _write_index(out, "StableDiffusionPipeline", {
-        "tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
-        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "requires_safety_checker": False})
+    _write_index(out, "StableDiffusionPipeline", SD_COMPONENTS)
     return out
 
 
@@ -236,11 +240,7 @@ def save_sd21_base_random(out: str | Path, text_layers: int = 23, half: bool = T
                            "unet": seeded(UNet2DConditionModel, SD21_BASE_UNET, 1),
                            "vae": seeded(AutoencoderKL, SD21_BASE_VAE, 2),
                            "scheduler": lambda: DDIMScheduler(**SD21_BASE_SCHEDULER)})
-    _write_index(out, "StableDiffusionPipeline", {
-        "tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": ["transformers", "CLIPTextModel"],
-        "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"],
-        "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
-        "feature_extractor": [None, None], "requires_safety_checker": False})
+    _write_index(out, "StableDiffusionPipeline", SD_COMPONENTS)
     return out
 
 
