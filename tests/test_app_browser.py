@@ -55,8 +55,16 @@ def fill_form(page, prompt: str, steps: int, config: str = TINY_YAML) -> None:
     page.locator("#steps input").fill(str(steps))
     page.locator("#advanced").get_by_text("Advanced config (YAML)").click()
     editor = page.locator("#config-editor .cm-content")
-    editor.fill(config)
-    assert editor.inner_text().strip().splitlines()[-1] == config.strip().splitlines()[-1]
+    editor.wait_for(state="visible")
+    # the code editor may still be mounting when the accordion opens and then drop what was typed: type again
+    # until the text sticks
+    want = config.strip().splitlines()[-1]
+    for _ in range(20):
+        editor.fill(config)
+        page.wait_for_timeout(250)
+        if editor.inner_text().strip().splitlines()[-1] == want:
+            break
+    assert editor.inner_text().strip().splitlines()[-1] == want
 
 
 def run_dir_of(app, status_text: str) -> Path:
