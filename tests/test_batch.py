@@ -297,3 +297,33 @@ def test_two_shards_share_one_batch_folder(tmp_path):
     assert len({e["worker"]["pid"] for e in jobs.values()}) == 2
     html = (out / "index.html").read_text()
     assert all(f'data-job="{n}" data-state="done"' in html for n in jobs)
+
+
+def test_two_batches_on_one_folder_never_train_a_job_twice(tmp_path):
+    """A second `dream3d batch` on the same folder leaves the job the first one runs to it (one line naming the
+    owner) and runs the others; each job's steps are trained once."""
+    prompts = _jsonl(tmp_path / "jobs.jsonl", [
+        {"prompt": "a yellow torus", "steps": 400, "overrides": ["checkpoint_every=4"]},  # still running at the end
+        {"prompt": "a purple cylinder"}])
+    out = tmp_path / "out"
+    first = subprocess.Popen(batch_cmd(prompts, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        owner = wait_for(lambda: _running_with_checkpoint(out, 0), what="job 1 running with a checkpoint")
+        second = run_batch(prompts, out)
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert second.returncode == 0, second.stderr
+    taken = [line for line in second.stderr.splitlines() if "is in use by dream3d batch" in line]
+    assert len(taken) == 1 and f"(pid {owner['worker']['pid']} on " in taken[0], second.stderr
+    assert len(taken[0]) < 400
+    jobs = list(manifest(out).values())
+    assert jobs[1]["state"] == "done" and jobs[1]["attempts"] == 1
+    assert jobs[1]["worker"]["pid"] != owner["worker"]["pid"]
+    assert jobs[0]["state"] == "pending" and jobs[0]["attempts"] == 1  # the first batch's, interrupted by us
+    for job in jobs:
+        steps = [json.loads(x)["step"] for x in (out / job["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1)), job["name"]  # no step twice
+    assert len(steps) == 6

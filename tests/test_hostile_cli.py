@@ -230,6 +230,26 @@ def test_a_second_writer_is_refused_naming_the_owner_and_a_dead_owner_is_taken_o
     assert time.time() - t0 < 120 and json.loads((run / "status.json").read_text())["step"] == 5
 
 
+def test_the_mesh_stage_of_a_two_stage_run_has_its_own_writer_lock(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    config = (run / "config.yaml").read_text()
+    assert "refine_steps: 0" in config
+    (run / "config.yaml").write_text(config.replace("refine_steps: 0", "refine_steps: 2"))  # a two-stage recipe
+    mesh = run.with_name("run-mesh")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dream3d.run_folder import RunFolder\n"
+                               "with RunFolder(sys.argv[1]).locked('refine'):\n print('held', flush=True)\n"
+                               " time.sleep(60)", str(mesh)], env=ENV, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        r = cli("generate", "--resume", str(run))  # its NeRF stage is done: the mesh stage is next
+        _one_error_line(r.returncode, r.stderr.decode(), f"{mesh} is in use by refine (pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in mesh.iterdir()] == [".lock"]  # nothing of the mesh stage was written
+
+
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     from dream3d.config import load_config
     from dream3d.run_folder import default_run_dir, reserve_run_dir

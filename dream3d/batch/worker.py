@@ -5,14 +5,16 @@
 from it, a two-stage recipe goes on in `<run>-mesh`, the last stage is exported; the worker's prior is reused
 across its jobs), renders a thumbnail, and reports events through `emit`. Any exception becomes a "failed"
 result with a one-line error (the full traceback goes to the run's error log), so one bad job never stops the
-worker.
+worker. The worker holds the run folder's lock while it runs the job (`RunFolder.locked`): a job that another
+process is running (a second `dream3d batch` on the same folder) is left to it and reported as "taken".
 
 Events (dicts, all with "type" and "job"):
   started    {host, pid}                     the worker took the job
   training   {step, steps, resumed}          the trainer started (step > 0: resumed from its checkpoint)
   progress   {step, steps, phase}            at most every PROGRESS_EVERY_S seconds, and when exporting
   checkpoint {step, steps}
-  finished   {state: done|failed|interrupted, error, step, steps, outputs, seconds}
+  finished   {state: done|failed|interrupted|taken, error, step, steps, outputs, seconds}
+             (taken: another process holds the run's lock; error names it; nothing was written)
 """
 
 from __future__ import annotations
@@ -80,11 +82,25 @@ def shared_prior(cfg):
 
 def run_job(job, run_dir: str | Path, emit: Callable[[dict], None],
             should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Run (or resume) one `jobs.Job` in `run_dir`; returns the "finished" event (also emitted)."""
-    from dream3d.run_folder import RunFolder
+    """Run (or resume) one `jobs.Job` in `run_dir` holding its lock; returns the "finished" event (also emitted)."""
+    from dream3d.run_folder import RunFolder, RunInUse
 
     run = RunFolder(run_dir)
     t0 = time.time()
+    try:
+        with run.locked("dream3d batch"):
+            return _run_locked(job, run, emit, should_stop, t0)
+    except RunInUse as e:
+        state, error = "taken", one_line(e)
+    except Exception as e:  # noqa: BLE001 - the lock itself could not be taken (a folder that cannot be written)
+        state, error = "failed", one_line(e)
+    result = {"type": "finished", "job": job.name, "state": state, "error": error, "step": None,
+              "steps": job.steps, "outputs": {}, "seconds": round(time.time() - t0, 3)}
+    emit(result)
+    return result
+
+
+def _run_locked(job, run, emit: Callable[[dict], None], should_stop: Callable[[], bool], t0: float) -> dict:
     base = {"job": job.name}
     emit({"type": "started", **base, "host": socket.gethostname(), "pid": os.getpid()})
     step = [0]
