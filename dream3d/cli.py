@@ -435,10 +435,9 @@ def _error(message: object) -> None:
 
 def _os_error(e: OSError) -> str:
     """One line for a file-system failure (a full disk, a read-only or virtual file system, permissions)."""
-    import errno
+    from dream3d.errors import os_error_text
 
-    what = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    return f"{e.filename}: {what}" if e.filename else what
+    return f"{e.filename}: {os_error_text(e)}" if e.filename else os_error_text(e)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import yaml
 
 from dream3d.cameras import AZIMUTH_RANGE, DISTANCE, ELEVATION_RANGE, FOV_DEG
 from dream3d.errors import ConfigError, safe_text
-from dream3d.fileio import read_text
+from dream3d.fileio import read_text, write_bytes_atomic
 from dream3d.guidance.registry import methods as guidance_methods
 from dream3d.guidance.timesteps import SCHEDULES
 from dream3d.guidance.weighting import WEIGHTINGS
@@ -654,11 +654,4 @@ def first_difference(a: RunConfig, b: RunConfig) -> tuple[str, typing.Any, typin
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (reloadable with `load_config`), through a temporary sibling and a rename
     (a crash or a full disk never leaves half a config)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True).encode("utf-8"))

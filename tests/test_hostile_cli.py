@@ -315,3 +315,64 @@ def test_ctrl_c_during_a_kernel_build_stops_it_in_one_line_and_releases_the_lock
     with open(lock) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free
     assert not list(lock.parent.glob("*.so"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs mounted in tmp_path (skips where the machine does not allow mounting), and a function that
+    fills it up to `keep` free bytes (a filler file; `fill(None)` removes it)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or 'mount failed'}")
+    filler = disk / "filler"
+
+    def fill(keep: int | None) -> None:
+        filler.unlink(missing_ok=True)
+        if keep is not None:
+            with open(filler, "wb") as fh:
+                fh.write(b"\0" * max(0, shutil.disk_usage(disk).free - keep))
+
+    try:
+        yield disk, fill
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_export_and_checkpoint_leaves_nothing_half_written_and_both_complete_later(small_disk):
+    disk, fill = small_disk
+    run = disk / "run"
+    r = cli("generate", "a red cube", "--out", str(run), "--steps", "4", "checkpoint_every=2", *SMALL)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+
+    fill(16 << 10)  # room for status.json, not for a textured mesh
+    r = cli("export", str(run), "--no-turntable", "--texture", "512")
+    _one_error_line(r.returncode, r.stderr.decode(), "cannot write export/model.glb (no space left on device); the "
+                                                     f"export is not done: free space, then redo it with: "
+                                                     f"dream3d export {run}")
+    assert not [p.name for p in run.rglob("*.tmp*")]
+    assert not (run / "export" / "model.glb").exists()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"].startswith("export failed")
+    fill(None)
+    r = cli("export", str(run), "--no-turntable", "--texture", "512")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert (run / "export" / "model.glb").stat().st_size > 16 << 10
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+
+    before = (run / "checkpoint" / "tensors.safetensors").read_bytes()
+    fill(64 << 10)  # room for the config, status and metrics lines, not for a checkpoint
+    r = cli("generate", "--resume", str(run), "--steps", "6")
+    _one_error_line(r.returncode, r.stderr.decode(), "no space left on device); the previous checkpoint is kept")
+    assert not [p.name for p in disk.rglob("*.tmp*")]
+    assert (run / "checkpoint" / "tensors.safetensors").read_bytes() == before
+    assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == 4
+    fill(None)
+    r = cli("generate", "--resume", str(run), "--steps", "6")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == 6
+    assert json.loads((run / "status.json").read_text())["state"] == "done"

@@ -27,20 +27,12 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from dream3d.errors import one_line
+
 PROGRESS_EVERY_S = 0.5
 THUMBNAIL_SIZE = 128
 PRIOR_MUTATING_METHODS = ("vsd",)  # VSD adds a LoRA and a hook to the prior's UNet: such jobs load their own
 _prior_cache: dict[tuple[str, str, str], object] = {}  # this worker's last prior, reused by its next jobs
-
-
-def one_line(e: BaseException, limit: int = 300) -> str:
-    """A one-line description of an exception (dream3d errors are already one clear line)."""
-    from dream3d.errors import Dream3DError
-
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if not isinstance(e, Dream3DError):
-        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def set_threads(threads: int) -> None:
