@@ -221,16 +221,22 @@ def test_sigkill_then_rerun_resumes_from_checkpoint(tmp_path):
     assert json.loads((run2 / "status.json").read_text())["step"] == 40
 
 
-def test_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path):
+def _interruptible_batch(tmp_path: Path, first_steps: int) -> tuple[Path, Path, subprocess.Popen]:
+    """(prompts, out, a running `dream3d batch` of a `first_steps`-step job and a short one) that Ctrl-C stops.
+
+    The default SIGINT action is restored first, because a suite started in the background of a non-interactive
+    shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     prompts = _jsonl(tmp_path / "jobs.jsonl", [
-        {"prompt": "a yellow torus", "steps": 40, "overrides": ["checkpoint_every=4"]},
+        {"prompt": "a yellow torus", "steps": first_steps, "overrides": ["checkpoint_every=4"]},
         {"prompt": "a purple cylinder"}])
     out = tmp_path / "out"
-    # Ctrl-C as from a terminal; the default SIGINT action is restored first, because a suite started in the
-    # background of a non-interactive shell inherits SIGINT ignored, and Python then never raises
-    # KeyboardInterrupt
     proc = subprocess.Popen(batch_cmd(prompts, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return prompts, out, proc
+
+
+def test_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path):
+    prompts, out, proc = _interruptible_batch(tmp_path, 40)  # Ctrl-C as from a terminal
     try:
         victim = wait_for(lambda: _running_with_checkpoint(out, 0), what="job 1 running with a checkpoint")
         proc.send_signal(signal.SIGINT)
@@ -302,12 +308,7 @@ def test_two_shards_share_one_batch_folder(tmp_path):
 def test_two_batches_on_one_folder_never_train_a_job_twice(tmp_path):
     """A second `dream3d batch` on the same folder leaves the job the first one runs to it (one line naming the
     owner) and runs the others; each job's steps are trained once."""
-    prompts = _jsonl(tmp_path / "jobs.jsonl", [
-        {"prompt": "a yellow torus", "steps": 400, "overrides": ["checkpoint_every=4"]},  # still running at the end
-        {"prompt": "a purple cylinder"}])
-    out = tmp_path / "out"
-    first = subprocess.Popen(batch_cmd(prompts, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    prompts, out, first = _interruptible_batch(tmp_path, 400)  # its first job still runs at the end
     try:
         owner = wait_for(lambda: _running_with_checkpoint(out, 0), what="job 1 running with a checkpoint")
         second = run_batch(prompts, out)

@@ -119,6 +119,7 @@ def test_hostile_command_lines_get_one_line_and_change_nothing(finished, tmp_pat
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"prompt: caf\xe9\n")
     gen = ["generate", "a red cube", "--steps", "2", *SMALL, "--out", out]
+    png = str(tmp_path / "samples.png")
     cases = [  # (argv, expected text in the error line)
         ([*gen, "optim.lr=-1"], "optim.lr' must be in (0, 10]"),
         ([*gen, "optim.eps=-1"], "optim.eps"), ([*gen, "optim.betas=[1.5,0.99]"], "[0, 1)"),
@@ -155,6 +156,18 @@ def test_hostile_command_lines_get_one_line_and_change_nothing(finished, tmp_pat
         (["generate", "--resume", src, "--out", out], "drop --out"),
         (["generate", "--resume", str(tmp_path / "nothing")], "no such folder"),
         (["export", str(foreign)], "yaml"),
+        (["generate", "a red cube," * 5, *SMALL, "--out", out], "is too long for prior"),
+        (["prior", "sample", "--prompt", "a red cube," * 5, "--out", png], "tokens, at most 12"),
+        (["prior", "sample", "--prompt", "a red cube", "--n", "0", "--out", png], "prior sample --n must be in [1, 256]"),
+        (["prior", "sample", "--prompt", "a red cube", "--steps", "0", "--out", png], "--steps must be in [1, 1000]"),
+        (["prior", "sample", "--prompt", "a red cube", "--cfg", "nan", "--out", png], "--cfg must be a finite"),
+        (["prior", "eval", "--n", "0"], "prior eval --n must be in [1, 256]"),
+        (["prior", "train", "--out", out, "--batch", "0"], "prior train --batch must be in [1, 4096]"),
+        (["prior", "train", "--out", out, "--steps", "0"], "prior train --steps must be in [1, 1000000]"),
+        (["prior", "train", "--out", out, "--resolution", "30"], "multiple of 8"),
+        (["prior", "train", "--out", out, "--lr", "-1"], "prior train --lr must be in (0, 10]"),
+        (["bench", "hashgrid", "--points", "0"], "bench hashgrid --points must be in [1, 16777216]"),
+        (["bench", "hashgrid", "--levels", "0"], "bench hashgrid --levels must be in [1, 32]"),
     ]
     for how in ("cut", "empty", "header", "meta"):
         cases.append((["export", _damaged(finished, tmp_path, f"x-{how}", how), "--no-turntable"], "checkpoint"))
@@ -177,6 +190,7 @@ def test_hostile_command_lines_get_one_line_and_change_nothing(finished, tmp_pat
     assert _tree_hash(finished) == before  # no case changed the source run
     assert _tree_hash(foreign) == foreign_hash and a_file.read_text() == "mine"
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    assert not (tmp_path / "samples.png").exists()
 
 
 def test_unsafe_prompts_are_escaped_cut_or_refused(tmp_path):
