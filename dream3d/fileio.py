@@ -7,10 +7,12 @@ import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from dream3d.errors import Dream3DError, safe_text
+
 
 def read_text(path: str | Path, what: str = "file") -> str:
     """The UTF-8 text of `path`; a Dream3DError naming the file when it is missing, unreadable or not UTF-8."""

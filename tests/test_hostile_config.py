@@ -282,7 +282,8 @@ def test_the_kernel_cache_key_covers_source_bytes_headers_flags_and_toolchain(tm
 def test_a_build_lock_left_by_a_killed_build_is_taken_over_with_torchs_baton(tmp_path, caplog):
     from dream3d import native
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     folder = tmp_path / "build"
     folder.mkdir()
     (folder / native.BUILD_LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),

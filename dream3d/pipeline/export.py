@@ -6,15 +6,15 @@ import errno
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from dream3d.config import RunConfig
 from dream3d.errors import Dream3DError, one_line, os_error_text, safe_text
-from dream3d.fileio import write_bytes_atomic
 from dream3d.events import Event, EventCallback, ignore_events
+from dream3d.fileio import write_bytes_atomic
 from dream3d.render.protocol import Renderer
 from dream3d.run_folder import RunFolder
 from dream3d.stages import get_stage
