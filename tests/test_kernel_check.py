@@ -47,13 +47,12 @@ def warnings_of(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name == "dream3d"]
 
 
-def test_passing_check_is_cheap_and_exact(cpp_ext):
+def test_passing_check_is_exact(cpp_ext):
     check = self_check("cpp", CPU)
     assert check.ok and check.error is None
     # float32 kernel vs float32 reference: rounding differences only, far inside the tolerance
     assert check.max_error < SELF_CHECK_TOLERANCE / 10
-    assert check.ms < 2000  # a few ms when warm; the first torch call of a process adds its own start-up
-    assert compare_with_reference("cpp", CPU).ms < 500
+    assert check.ms > 0  # the check reports its own cost (a few ms when warm; see `dream3d doctor`)
     assert "passed" in check.describe()
 
 
