@@ -70,15 +70,20 @@ Bins bin_splats(const scalar_t* depths, const int32_t* rects, int64_t n_cams, in
 template <typename scalar_t>
 struct TileSplats {
   std::vector<scalar_t> mx, my, ca, cb, cc, op, feat;
+  // A bound on the exponent beyond which alpha is surely below alpha_min: log(opacity / alpha_min) plus a margin
+  // far above rounding, so skipping those pixels without calling exp changes nothing.
+  std::vector<scalar_t> sigma_max;
   void gather(const int32_t* ids, int64_t count, const scalar_t* m2d, const scalar_t* con, const scalar_t* opac,
-              const scalar_t* features, int64_t k) {
+              const scalar_t* features, int64_t k, double alpha_min) {
     mx.resize(count), my.resize(count), ca.resize(count), cb.resize(count), cc.resize(count), op.resize(count);
-    feat.resize(count * k);
+    sigma_max.resize(count), feat.resize(count * k);
     for (int64_t j = 0; j < count; ++j) {
       const int64_t g = ids[j];
       mx[j] = m2d[2 * g], my[j] = m2d[2 * g + 1];
       ca[j] = con[3 * g], cb[j] = con[3 * g + 1], cc[j] = con[3 * g + 2];
       op[j] = opac[g];
+      sigma_max[j] = op[j] > 0 ? static_cast<scalar_t>(std::log(static_cast<double>(op[j]) / alpha_min) + 1e-3)
+                               : scalar_t(-1);
       for (int64_t d = 0; d < k; ++d) feat[j * k + d] = features[g * k + d];
     }
   }
@@ -104,7 +109,7 @@ void forward_impl(const scalar_t* m2d, const scalar_t* con, const scalar_t* opac
     for (int64_t ct = 0; ct < n_cams * n_tiles; ++ct) {
       const int64_t c = ct / n_tiles, t = ct % n_tiles;
       const int64_t start = bins.offsets[ct], count = bins.offsets[ct + 1] - start;
-      ts.gather(bins.ids.data() + start, count, m2d + c * n * 2, con + c * n * 3, opac, features + c * n * k, k);
+      ts.gather(bins.ids.data() + start, count, m2d + c * n * 2, con + c * n * 3, opac, features + c * n * k, k, r.alpha_min);
       int64_t x0, x1, y0, y1;
       tile_pixels(t, r, x0, x1, y0, y1);
       for (int64_t py = y0; py < y1; ++py) {
@@ -116,7 +121,7 @@ void forward_impl(const scalar_t* m2d, const scalar_t* con, const scalar_t* opac
           for (int64_t j = 0; j < count; ++j) {
             const scalar_t dx = fx - ts.mx[j], dy = fy - ts.my[j];
             const scalar_t sigma = scalar_t(0.5) * (ts.ca[j] * dx * dx + ts.cc[j] * dy * dy) + ts.cb[j] * dx * dy;
-            if (sigma < 0) continue;
+            if (sigma < 0 || sigma > ts.sigma_max[j]) continue;
             const scalar_t alpha = std::min(amax, ts.op[j] * std::exp(-sigma));
             if (alpha < amin) continue;
             const scalar_t next_t = T * (scalar_t(1) - alpha);
@@ -157,7 +162,7 @@ void backward_impl(const scalar_t* m2d, const scalar_t* con, const scalar_t* opa
       const int64_t c = ct / n_tiles, t = ct % n_tiles;
       const int64_t start = bins.offsets[ct], count = bins.offsets[ct + 1] - start;
       if (count == 0) continue;
-      ts.gather(bins.ids.data() + start, count, m2d + c * n * 2, con + c * n * 3, opac, features + c * n * k, k);
+      ts.gather(bins.ids.data() + start, count, m2d + c * n * 2, con + c * n * 3, opac, features + c * n * k, k, r.alpha_min);
       scalar_t* eg = entry_grads.data() + start * stride;
       int64_t x0, x1, y0, y1;
       tile_pixels(t, r, x0, x1, y0, y1);
@@ -172,7 +177,7 @@ void backward_impl(const scalar_t* m2d, const scalar_t* con, const scalar_t* opa
           for (int64_t j = static_cast<int64_t>(last[pix]) - 1; j >= 0; --j) {
             const scalar_t dx = fx - ts.mx[j], dy = fy - ts.my[j];
             const scalar_t sigma = scalar_t(0.5) * (ts.ca[j] * dx * dx + ts.cc[j] * dy * dy) + ts.cb[j] * dx * dy;
-            if (sigma < 0) continue;
+            if (sigma < 0 || sigma > ts.sigma_max[j]) continue;
             const scalar_t gauss = std::exp(-sigma);
             const scalar_t raw = ts.op[j] * gauss;
             const scalar_t alpha = std::min(amax, raw);
