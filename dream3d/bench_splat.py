@@ -7,7 +7,8 @@ The scene: N Gaussians uniform in a ball of radius 0.6 around the origin, standa
 40 degree field of view) at S x S pixels. Forward is timed under `no_grad`; forward+backward takes the gradient
 of a fixed random weighting of rgb, alpha and depth w.r.t. every Gaussian parameter (a training step's rendering
 cost). The backends run one after another within each round, rounds repeated; each figure is the median over
-rounds, so a load change on a shared machine hits all backends alike.
+rounds, so a load change on a shared machine hits all backends alike. Besides wall time, the process's CPU time
+per call is reported (all threads together): on a shared machine it is what a call costs, whatever else runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import time
 
 import torch
 
@@ -78,8 +80,8 @@ def bench_splat(gaussians: int = 20_000, size: int = 64, views: int = 4, rounds:
                 threads: int | None = None, json_path: str | None = None, device: str = "auto",
                 backends: list[str] | None = None) -> dict:
     """Time forward and forward+backward of every available backend (or `backends`); print a table; optionally
-    write JSON. Returns {"backends": {name: {"fwd_s", "fwd_bwd_s"}}, "gaussians", "size", "views", "rounds",
-    "device"} (median seconds per call)."""
+    write JSON. Returns {"backends": {name: {"fwd_s", "fwd_bwd_s", "fwd_cpu_s", "fwd_bwd_cpu_s"}}, "gaussians",
+    "size", "views", "rounds", "device"} (median wall and CPU seconds per call)."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -92,11 +94,14 @@ def bench_splat(gaussians: int = 20_000, size: int = 64, views: int = 4, rounds:
             fn()
     scene = bench_scene(gaussians, size, views, dev)
     fns = {name: _step_fns(scene, name) for name in names}
-    times: dict[str, dict[str, list[float]]] = {name: {"fwd_s": [], "fwd_bwd_s": []} for name in names}
+    keys = ("fwd_s", "fwd_bwd_s", "fwd_cpu_s", "fwd_bwd_cpu_s")
+    times: dict[str, dict[str, list[float]]] = {name: {k: [] for k in keys} for name in names}
     for _ in range(rounds):
         for name, (fwd, fwd_bwd) in fns.items():
-            times[name]["fwd_s"].append(timer(fwd))
-            times[name]["fwd_bwd_s"].append(timer(fwd_bwd))
+            for key, fn in (("fwd", fwd), ("fwd_bwd", fwd_bwd)):
+                cpu = time.process_time()
+                times[name][f"{key}_s"].append(timer(fn))
+                times[name][f"{key}_cpu_s"].append(time.process_time() - cpu)
     results = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
     report = {"backends": results, "gaussians": gaussians, "size": size, "views": views, "rounds": rounds,
               "device": device_name(dev)}
@@ -108,17 +113,19 @@ def bench_splat(gaussians: int = 20_000, size: int = 64, views: int = 4, rounds:
 
 
 def format_table(report: dict) -> str:
-    """The report as a text table: median seconds per call and the speed-up over the torch reference."""
+    """The report as a text table: median wall and CPU seconds per call, and the speed-ups over the torch
+    reference."""
     ref = report["backends"].get("torch")
     s = report["size"]
+    cols = [("fwd_s", "fwd s"), ("fwd_bwd_s", "fwd+bwd s"), ("fwd_cpu_s", "fwd cpu s"),
+            ("fwd_bwd_cpu_s", "f+b cpu s")]
     lines = [f"splatting: {report['gaussians']} Gaussians, {report['views']} views of {s}x{s}, "
              f"median of {report['rounds']} rounds, device {report['device']}",
-             f"{'backend':<8} {'fwd s':>10} {'x torch':>8} {'fwd+bwd s':>10} {'x torch':>8}"]
+             f"{'backend':<8}" + "".join(f" {title:>10} {'x torch':>8}" for _, title in cols)]
     for name, r in report["backends"].items():
-        f, fb = r["fwd_s"], r["fwd_bwd_s"]
-        rf = ref["fwd_s"] / f if ref else float("nan")
-        rfb = ref["fwd_bwd_s"] / fb if ref else float("nan")
-        lines.append(f"{name:<8} {f:>10.4f} {rf:>8.1f} {fb:>10.4f} {rfb:>8.1f}")
+        cells = [f" {r[key]:>10.4f} {ref[key] / r[key] if ref and r[key] > 0 else float('nan'):>8.1f}"
+                 for key, _ in cols]
+        lines.append(f"{name:<8}" + "".join(cells))
     return "\n".join(lines)
 
 
