@@ -21,12 +21,8 @@ import time
 import torch
 
 from dream3d.cameras import orbit_cameras
-from dream3d.render.splat import (
-    cameras_to_splat,
-    cpp_backend,
-    gsplat_backend,
-    rasterize_gaussians,
-)
+from dream3d.errors import Dream3DError
+from dream3d.render.splat import BACKENDS, cameras_to_splat, cpp_backend, gsplat_backend, rasterize_gaussians
 from dream3d.system import device_name, device_timer
 
 
@@ -133,7 +129,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    bench_splat(args.gaussians, args.size, args.views, args.rounds, args.threads, args.json, args.device)
+    bench_splat(args.gaussians, args.size, args.views, args.rounds, args.threads, args.json, args.device,
+                parse_backends(args.backends))
+
+
+def parse_backends(text: str | None) -> list[str] | None:
+    """The backends of a --backends value (None: all available); an unknown name is a one-line Dream3DError."""
+    if not text:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BACKENDS or n == "auto"]
+    if unknown:
+        raise Dream3DError(f"unknown splatting backend(s) {', '.join(unknown)}; choose from cpp, gsplat, torch")
+    return names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,6 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the timings to this JSON file (default: none)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu or cuda")
+    parser.add_argument("--backends", default=None, help="comma-separated subset of the available backends "
+                                                         "(default: all; ratios need torch among them)")
 
 
 if __name__ == "__main__":
