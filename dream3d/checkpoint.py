@@ -11,7 +11,6 @@ replacing it frees its space). Damage that leaves nothing to load is a `Checkpoi
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from dream3d.errors import Dream3DError, safe_text
+from dream3d.errors import Dream3DError, os_error_text, safe_text
 
 TENSORS_FILE = "tensors.safetensors"
 META_FILE = "meta.json"
@@ -51,9 +50,8 @@ def _fsync(path: Path) -> None:
 
 
 def _write_failed(path: Path, e: OSError) -> CheckpointError:
-    why = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    return CheckpointError(f"cannot write the checkpoint {safe_text(path)} ({why}); the previous checkpoint is "
-                           "kept: free space, then resume the run")
+    return CheckpointError(f"cannot write the checkpoint {safe_text(path)} ({os_error_text(e)}); the previous "
+                           "checkpoint is kept: free space, then resume the run")
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:

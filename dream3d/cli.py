@@ -197,7 +197,13 @@ def _shape_weights(items: list[str]) -> dict[str, float]:
 
 
 def cmd_prior_train(a: argparse.Namespace) -> int:
+    from dream3d.config import check_arguments
     from dream3d.priors.shapes_prior_train import train_shapes_prior
+
+    check_arguments("prior train", vars(a))
+    if a.resolution % 8:
+        raise Dream3DError(f"prior train --resolution must be a multiple of 8 (the UNet halves it 3 times); "
+                           f"got {a.resolution}")
 
     out = train_shapes_prior(a.out, steps=a.steps, resolution=a.resolution, batch=a.batch, seed=a.seed, lr=a.lr,
                              device=a.device, checkpoint_every=a.checkpoint_every, max_minutes=a.max_minutes,
@@ -207,7 +213,10 @@ def cmd_prior_train(a: argparse.Namespace) -> int:
 
 
 def cmd_prior_sample(a: argparse.Namespace) -> int:
+    from dream3d.config import check_arguments
     from dream3d.prior_tools import prior_sample
+
+    check_arguments("prior sample", vars(a))
 
     print(prior_sample(a.prompt, a.out, n=a.n, steps=a.steps, cfg=a.cfg, prior_name=a.prior, seed=a.seed,
                        device=_device(a.device)))
@@ -215,7 +224,10 @@ def cmd_prior_sample(a: argparse.Namespace) -> int:
 
 
 def cmd_prior_eval(a: argparse.Namespace) -> int:
+    from dream3d.config import check_arguments
     from dream3d.prior_tools import format_eval_table, prior_eval
+
+    check_arguments("prior eval", vars(a))
 
     result = prior_eval(a.prior, n=a.n, steps=a.steps, cfg=a.cfg, seed=a.seed, device=_device(a.device),
                         json_path=a.json, grid_path=a.grid)
@@ -225,6 +237,9 @@ def cmd_prior_eval(a: argparse.Namespace) -> int:
 
 def cmd_bench_hashgrid(a: argparse.Namespace) -> int:
     from dream3d.bench_hashgrid import bench_hashgrid
+    from dream3d.config import check_arguments
+
+    check_arguments("bench hashgrid", vars(a))
 
     bench_hashgrid(points=a.points, levels=a.levels, json_path=a.json, device=a.device)
     return 0
@@ -452,10 +467,9 @@ def _error(message: object) -> None:
 
 def _os_error(e: OSError) -> str:
     """One line for a file-system failure (a full disk, a read-only or virtual file system, permissions)."""
-    import errno
+    from dream3d.errors import os_error_text
 
-    what = "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
-    return f"{e.filename}: {what}" if e.filename else what
+    return f"{e.filename}: {os_error_text(e)}" if e.filename else os_error_text(e)
 
 
 def main(argv: list[str] | None = None) -> int:

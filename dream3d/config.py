@@ -37,7 +37,7 @@ import yaml
 
 from dream3d.cameras import AZIMUTH_RANGE, DISTANCE, ELEVATION_RANGE, FOV_DEG
 from dream3d.errors import ConfigError, safe_text
-from dream3d.fileio import read_text
+from dream3d.fileio import read_text, write_bytes_atomic
 from dream3d.guidance.registry import methods as guidance_methods
 from dream3d.guidance.timesteps import SCHEDULES
 from dream3d.guidance.weighting import WEIGHTINGS
@@ -553,6 +553,18 @@ BOUNDS: dict[str, Range] = {
     "mesh.carve_resolution": Range(8, 2048), "mesh.sdf_regularizer": WEIGHT, "mesh.normal_consistency": WEIGHT,
     "mesh.sdf_anchor": WEIGHT, "mesh.refine_steps": Range(0, MAX_STEPS),
 }
+
+# the numeric arguments of the tool commands: their ranges (beyond them: one line, exit 2)
+TOOL_BOUNDS: dict[str, dict[str, Range]] = {
+    "prior train": {"steps": STEP_COUNT, "resolution": Range(8, 256), "batch": Range(1, 4096), "seed": BOUNDS["seed"],
+                    "lr": BOUNDS["optim.lr"], "checkpoint_every": STEP_COUNT, "warmup": Range(0, MAX_STEPS),
+                    "max_minutes": Range(0, 1e6, open_lo=True)},
+    "prior sample": {"n": Range(1, 256), "steps": Range(1, 1000), "cfg": BOUNDS["guidance.guidance_scale"],
+                     "seed": BOUNDS["seed"]},
+    "prior eval": {"n": Range(1, 256), "steps": Range(1, 1000), "cfg": BOUNDS["guidance.guidance_scale"],
+                   "seed": BOUNDS["seed"]},
+    "bench hashgrid": {"points": Range(1, 2**24), "levels": BOUNDS["geometry.n_levels"]},
+}
 LIST_LENGTHS = {"optim.betas": (2,), "render.shading_probs": (3,), "camera.elevation_range": (2,),
                 "camera.azimuth_range": (2,), "camera.distance_range": (2,), "camera.fov_range": (2,),
                 "guidance.cfd.reinject": (0, 1, 4), "loss.orientation_ramp": (0, 4), "export.formats": (1, 2)}
@@ -561,11 +573,22 @@ PROMPT_KEYS = ("prompt", "guidance.negative_prompt", "guidance.dds.source_prompt
 
 def check_range(key: str, value: float, what: str | None = None) -> None:
     """ConfigError unless `value` is a finite number in BOUNDS[key]; `what` names it (default: the key)."""
-    name = what or f"config key '{key}'"
+    _check_in(what or f"config key '{key}'", value, BOUNDS[key])
+
+
+def check_arguments(command: str, values: dict[str, object]) -> None:
+    """ConfigError naming the first numeric argument of the tool `command` ("prior sample", ...) that is outside
+    TOOL_BOUNDS[command]; `values`: {argument name: value} (None: not given)."""
+    for name, bounds in TOOL_BOUNDS[command].items():
+        if values.get(name) is not None:
+            _check_in(f"{command} --{name.replace('_', '-')}", values[name], bounds)
+
+
+def _check_in(name: str, value: float, bounds: Range) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number; got {value}")
-    if value not in BOUNDS[key]:
-        raise ConfigError(f"{name} must be in {BOUNDS[key]}; got {_show(value)}")
+    if value not in bounds:
+        raise ConfigError(f"{name} must be in {bounds}; got {_show(value)}")
 
 
 def _values(obj, prefix: str = "") -> typing.Iterator[tuple[str, object]]:
@@ -654,11 +677,4 @@ def first_difference(a: RunConfig, b: RunConfig) -> tuple[str, typing.Any, typin
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (reloadable with `load_config`), through a temporary sibling and a rename
     (a crash or a full disk never leaves half a config)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True).encode("utf-8"))

@@ -26,9 +26,24 @@ def safe_text(text: object, limit: int = MESSAGE_TEXT_LIMIT) -> str:
     return f"{shown[:limit]}... ({len(shown) - limit} more characters)"
 
 
+def os_error_text(e: OSError) -> str:
+    """What went wrong in a file-system failure, in words: 'no space left on device' for a full disk or quota,
+    else the system's description."""
+    import errno
+
+    return "no space left on device" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+
 
 class Dream3DError(Exception):
     """A user mistake, reported as one line without a traceback."""
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """A one-line description of an exception (dream3d errors are already one clear line)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if not isinstance(e, Dream3DError):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class ConfigError(Dream3DError):

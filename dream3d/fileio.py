@@ -1,14 +1,18 @@
-"""Small file helpers every layer may use: atomic JSON writes, reading user files with one-line errors, safe
+"""Small file helpers every layer may use: atomic writes, reading user files with one-line errors, safe
 folder names, PNG strips."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from dream3d.errors import Dream3DError, safe_text
+
 
 def read_text(path: str | Path, what: str = "file") -> str:
     """The UTF-8 text of `path`; a Dream3DError naming the file when it is missing, unreadable or not UTF-8."""
@@ -34,11 +38,33 @@ def read_json(path: str | Path, what: str = "file") -> Any:
         raise Dream3DError(f"{safe_text(path)}: the {what} is not valid JSON ({getattr(e, 'msg', e)})") from None
 
 
+@contextlib.contextmanager
+def atomic_target(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write (`.<stem>.<pid>.tmp<suffix>`, so writers that go by the suffix
+    still do), renamed onto `path` when the block ends. When the block fails the temporary file is removed (a full
+    disk leaves neither half a file nor a stray `*.tmp`) and an OSError names `path`, not the temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through `atomic_target` (readers never see half a file)."""
+    with atomic_target(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `data` as JSON to `path` through a temporary sibling and a rename (readers never see half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    """Write `data` as JSON to `path` through `atomic_target` (readers never see half a file)."""
+    write_bytes_atomic(path, json.dumps(data, indent=1).encode("utf-8"))
 
 
 def slugify(text: str, max_len: int = 40) -> str:

@@ -13,9 +13,10 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from dream3d.errors import safe_text
 

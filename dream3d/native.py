@@ -26,10 +26,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
 
 from dream3d.errors import safe_text
 from dream3d.lockfile import LockBusy, describe_owner, describe_takeover, held

@@ -42,6 +42,8 @@ def prior_sample(prompt: str, out: str | Path, n: int = 8, steps: int = 50, cfg:
     prior = load_prior(prior_name, device=device)
     cams = make_cameras(torch.full((n,), elevation), torch.arange(n) * (360.0 / n))
     prompts = [prompt + s for s in view_suffixes(cams)]
+    for p in dict.fromkeys(prompts):  # one line naming the prior's token limit, before any sampling
+        prior.check_prompt(p)
     rgb = sample_images(prior, prompts, cams, steps=steps, guidance_scale=cfg if cfg is not None else default_cfg(prior),
                         seed=seed)
     save_grid(rgb, out, columns=min(n, 8))

@@ -50,6 +50,10 @@ LOCK_FILE = ".lock"
 log = logging.getLogger("dream3d")
 
 
+class RunInUse(Dream3DError):
+    """Another process holds the run's lock (the message names it)."""
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Named paths and small helpers of one run folder (it need not exist yet)."""
@@ -236,7 +240,7 @@ class RunFolder:
     @contextlib.contextmanager
     def locked(self, command: str) -> Iterator[None]:
         """Hold the run's lock file while `command` writes the run; Dream3DError naming the owner when another
-        process holds it. A lock left by a process that is gone is taken over (one warning line). When `command`
+        process holds it (RunInUse). A lock left by a process that is gone is taken over (one warning line). When `command`
         fails before writing anything, the folder it would have filled is removed again."""
         self.path.mkdir(parents=True, exist_ok=True)
         try:
@@ -250,7 +254,7 @@ class RunFolder:
                     self._remove_if_unused()
                     raise
         except LockBusy as busy:
-            raise Dream3DError(f"{safe_text(self.path)} is in use by {safe_text(busy.owner.get('command', 'dream3d'))} "
+            raise RunInUse(f"{safe_text(self.path)} is in use by {safe_text(busy.owner.get('command', 'dream3d'))} "
                                f"({describe_owner(busy.owner)}); wait for it or stop it") from None
 
     def _remove_if_unused(self) -> None:

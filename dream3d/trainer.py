@@ -66,8 +66,7 @@ class Trainer:
             self.events(Event("phase", 0, cfg.steps, self.run.path, stage=cfg.stage, phase="prior"))
             prior = load_prior(cfg.prior or None, device=self.device, memory=cfg.prior_memory)
         self.prior = prior
-        if prior.strict_vocabulary:
-            prior.check_prompt(cfg.prompt)
+        prior.check_prompt(cfg.prompt)  # too many tokens (every prior), unknown words (strict ones)
         self.renderer = self.stage.build_renderer(cfg).to(self.device)
         self.source_renderer = self._edit_source() if cfg.edit_source else None
         self.guidance = build_guidance(cfg, prior)

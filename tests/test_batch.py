@@ -221,16 +221,22 @@ def test_sigkill_then_rerun_resumes_from_checkpoint(tmp_path):
     assert json.loads((run2 / "status.json").read_text())["step"] == 40
 
 
-def test_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path):
+def _interruptible_batch(tmp_path: Path, first_steps: int) -> tuple[Path, Path, subprocess.Popen]:
+    """(prompts, out, a running `dream3d batch` of a `first_steps`-step job and a short one) that Ctrl-C stops.
+
+    The default SIGINT action is restored first, because a suite started in the background of a non-interactive
+    shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
     prompts = _jsonl(tmp_path / "jobs.jsonl", [
-        {"prompt": "a yellow torus", "steps": 40, "overrides": ["checkpoint_every=4"]},
+        {"prompt": "a yellow torus", "steps": first_steps, "overrides": ["checkpoint_every=4"]},
         {"prompt": "a purple cylinder"}])
     out = tmp_path / "out"
-    # Ctrl-C as from a terminal; the default SIGINT action is restored first, because a suite started in the
-    # background of a non-interactive shell inherits SIGINT ignored, and Python then never raises
-    # KeyboardInterrupt
     proc = subprocess.Popen(batch_cmd(prompts, out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return prompts, out, proc
+
+
+def test_ctrl_c_stops_cleanly_and_rerun_continues(tmp_path):
+    prompts, out, proc = _interruptible_batch(tmp_path, 40)  # Ctrl-C as from a terminal
     try:
         victim = wait_for(lambda: _running_with_checkpoint(out, 0), what="job 1 running with a checkpoint")
         proc.send_signal(signal.SIGINT)
@@ -297,3 +303,28 @@ def test_two_shards_share_one_batch_folder(tmp_path):
     assert len({e["worker"]["pid"] for e in jobs.values()}) == 2
     html = (out / "index.html").read_text()
     assert all(f'data-job="{n}" data-state="done"' in html for n in jobs)
+
+
+def test_two_batches_on_one_folder_never_train_a_job_twice(tmp_path):
+    """A second `dream3d batch` on the same folder leaves the job the first one runs to it (one line naming the
+    owner) and runs the others; each job's steps are trained once."""
+    prompts, out, first = _interruptible_batch(tmp_path, 400)  # its first job still runs at the end
+    try:
+        owner = wait_for(lambda: _running_with_checkpoint(out, 0), what="job 1 running with a checkpoint")
+        second = run_batch(prompts, out)
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert second.returncode == 0, second.stderr
+    taken = [line for line in second.stderr.splitlines() if "is in use by dream3d batch" in line]
+    assert len(taken) == 1 and f"(pid {owner['worker']['pid']} on " in taken[0], second.stderr
+    assert len(taken[0]) < 400
+    jobs = list(manifest(out).values())
+    assert jobs[1]["state"] == "done" and jobs[1]["attempts"] == 1
+    assert jobs[1]["worker"]["pid"] != owner["worker"]["pid"]
+    assert jobs[0]["state"] == "pending" and jobs[0]["attempts"] == 1  # the first batch's, interrupted by us
+    for job in jobs:
+        steps = [json.loads(x)["step"] for x in (out / job["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1)), job["name"]  # no step twice
+    assert len(steps) == 6

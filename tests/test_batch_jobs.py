@@ -143,7 +143,7 @@ def test_manifest_merge_keeps_other_processes_entries(tmp_path):
     m.merge([{**new_entry(a), "state": "running"}])
     assert {e["name"]: e["state"] for e in m.read()["jobs"]} == {a.name: "running", b.name: "done"}
     assert [e["name"] for e in m.read()["jobs"]] == [a.name, b.name]
-    assert not list((tmp_path / "out").glob("*.tmp"))
+    assert not list((tmp_path / "out").glob("*.tmp*"))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dream3d import doctor
+from dream3d import doctor, native
 from dream3d.cli import main
-from dream3d import native
 from dream3d.encoding import backends
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -119,6 +119,7 @@ def test_hostile_command_lines_get_one_line_and_change_nothing(finished, tmp_pat
     latin = tmp_path / "latin.yaml"
     latin.write_bytes(b"prompt: caf\xe9\n")
     gen = ["generate", "a red cube", "--steps", "2", *SMALL, "--out", out]
+    png = str(tmp_path / "samples.png")
     cases = [  # (argv, expected text in the error line)
         ([*gen, "optim.lr=-1"], "optim.lr' must be in (0, 10]"),
         ([*gen, "optim.eps=-1"], "optim.eps"), ([*gen, "optim.betas=[1.5,0.99]"], "[0, 1)"),
@@ -155,6 +156,18 @@ def test_hostile_command_lines_get_one_line_and_change_nothing(finished, tmp_pat
         (["generate", "--resume", src, "--out", out], "drop --out"),
         (["generate", "--resume", str(tmp_path / "nothing")], "no such folder"),
         (["export", str(foreign)], "yaml"),
+        (["generate", "a red cube," * 5, *SMALL, "--out", out], "is too long for prior"),
+        (["prior", "sample", "--prompt", "a red cube," * 5, "--out", png], "tokens, at most 12"),
+        (["prior", "sample", "--prompt", "a red cube", "--n", "0", "--out", png], "prior sample --n must be in [1, 256]"),
+        (["prior", "sample", "--prompt", "a red cube", "--steps", "0", "--out", png], "--steps must be in [1, 1000]"),
+        (["prior", "sample", "--prompt", "a red cube", "--cfg", "nan", "--out", png], "--cfg must be a finite"),
+        (["prior", "eval", "--n", "0"], "prior eval --n must be in [1, 256]"),
+        (["prior", "train", "--out", out, "--batch", "0"], "prior train --batch must be in [1, 4096]"),
+        (["prior", "train", "--out", out, "--steps", "0"], "prior train --steps must be in [1, 1000000]"),
+        (["prior", "train", "--out", out, "--resolution", "30"], "multiple of 8"),
+        (["prior", "train", "--out", out, "--lr", "-1"], "prior train --lr must be in (0, 10]"),
+        (["bench", "hashgrid", "--points", "0"], "bench hashgrid --points must be in [1, 16777216]"),
+        (["bench", "hashgrid", "--levels", "0"], "bench hashgrid --levels must be in [1, 32]"),
     ]
     for how in ("cut", "empty", "header", "meta"):
         cases.append((["export", _damaged(finished, tmp_path, f"x-{how}", how), "--no-turntable"], "checkpoint"))
@@ -177,6 +190,7 @@ def test_hostile_command_lines_get_one_line_and_change_nothing(finished, tmp_pat
     assert _tree_hash(finished) == before  # no case changed the source run
     assert _tree_hash(foreign) == foreign_hash and a_file.read_text() == "mine"
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    assert not (tmp_path / "samples.png").exists()
 
 
 def test_unsafe_prompts_are_escaped_cut_or_refused(tmp_path):
@@ -228,6 +242,26 @@ def test_a_second_writer_is_refused_naming_the_owner_and_a_dead_owner_is_taken_o
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     assert f"took over the lock of {run} left by pid {holder.pid}" in r.stderr.decode()
     assert time.time() - t0 < 120 and json.loads((run / "status.json").read_text())["step"] == 5
+
+
+def test_the_mesh_stage_of_a_two_stage_run_has_its_own_writer_lock(finished, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    config = (run / "config.yaml").read_text()
+    assert "refine_steps: 0" in config
+    (run / "config.yaml").write_text(config.replace("refine_steps: 0", "refine_steps: 2"))  # a two-stage recipe
+    mesh = run.with_name("run-mesh")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dream3d.run_folder import RunFolder\n"
+                               "with RunFolder(sys.argv[1]).locked('refine'):\n print('held', flush=True)\n"
+                               " time.sleep(60)", str(mesh)], env=ENV, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        r = cli("generate", "--resume", str(run))  # its NeRF stage is done: the mesh stage is next
+        _one_error_line(r.returncode, r.stderr.decode(), f"{mesh} is in use by refine (pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in mesh.iterdir()] == [".lock"]  # nothing of the mesh stage was written
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
@@ -295,3 +329,64 @@ def test_ctrl_c_during_a_kernel_build_stops_it_in_one_line_and_releases_the_lock
     with open(lock) as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free
     assert not list(lock.parent.glob("*.so"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs mounted in tmp_path (skips where the machine does not allow mounting), and a function that
+    fills it up to `keep` free bytes (a filler file; `fill(None)` removes it)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True,
+                             text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or 'mount failed'}")
+    filler = disk / "filler"
+
+    def fill(keep: int | None) -> None:
+        filler.unlink(missing_ok=True)
+        if keep is not None:
+            with open(filler, "wb") as fh:
+                fh.write(b"\0" * max(0, shutil.disk_usage(disk).free - keep))
+
+    try:
+        yield disk, fill
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_export_and_checkpoint_leaves_nothing_half_written_and_both_complete_later(small_disk):
+    disk, fill = small_disk
+    run = disk / "run"
+    r = cli("generate", "a red cube", "--out", str(run), "--steps", "4", "checkpoint_every=2", *SMALL)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+
+    fill(16 << 10)  # room for status.json, not for a textured mesh
+    r = cli("export", str(run), "--no-turntable", "--texture", "512")
+    _one_error_line(r.returncode, r.stderr.decode(), "cannot write export/model.glb (no space left on device); the "
+                                                     f"export is not done: free space, then redo it with: "
+                                                     f"dream3d export {run}")
+    assert not [p.name for p in run.rglob("*.tmp*")]
+    assert not (run / "export" / "model.glb").exists()
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"].startswith("export failed")
+    fill(None)
+    r = cli("export", str(run), "--no-turntable", "--texture", "512")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert (run / "export" / "model.glb").stat().st_size > 16 << 10
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+
+    before = (run / "checkpoint" / "tensors.safetensors").read_bytes()
+    fill(64 << 10)  # room for the config, status and metrics lines, not for a checkpoint
+    r = cli("generate", "--resume", str(run), "--steps", "6")
+    _one_error_line(r.returncode, r.stderr.decode(), "no space left on device); the previous checkpoint is kept")
+    assert not [p.name for p in disk.rglob("*.tmp*")]
+    assert (run / "checkpoint" / "tensors.safetensors").read_bytes() == before
+    assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == 4
+    fill(None)
+    r = cli("generate", "--resume", str(run), "--steps", "6")
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert json.loads((run / "checkpoint" / "meta.json").read_text())["step"] == 6
+    assert json.loads((run / "status.json").read_text())["state"] == "done"

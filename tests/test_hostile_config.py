@@ -282,7 +282,8 @@ def test_the_kernel_cache_key_covers_source_bytes_headers_flags_and_toolchain(tm
 def test_a_build_lock_left_by_a_killed_build_is_taken_over_with_torchs_baton(tmp_path, caplog):
     from dream3d import native
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     folder = tmp_path / "build"
     folder.mkdir()
     (folder / native.BUILD_LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
@@ -327,3 +328,39 @@ def test_a_build_held_by_a_live_process_is_waited_for_then_the_torch_path(tmp_pa
         holder.wait()
         monkeypatch.undo()
         native.reset()
+
+
+# ---------- prompt limits in tokens, per prior ----------
+
+@pytest.mark.parametrize("kind", ["sd", "if", "bundled"])
+def test_a_prompt_beyond_its_priors_token_limit_is_one_line_naming_the_limit(tiny_priors, kind):
+    from dream3d.errors import PromptError
+
+    prior = tiny_priors[kind]
+    limit = prior.tokenizer.model_max_length  # the tiny priors' tokenizers: 16 (CLIP, T5) and 12 (bundled)
+    assert prior.max_length == limit
+    words = []
+    while len(prior.tokenizer("a " + " ".join(words + ["red"])).input_ids) <= limit:
+        words.append("red")
+    fits = "a " + " ".join(words)
+    prior.check_prompt(fits)
+    too_long = fits + " red"
+    n = len(prior.tokenizer(too_long).input_ids)
+    with pytest.raises(PromptError) as err:
+        prior.check_prompt(too_long)
+    assert f": {n} tokens, at most {limit} (" in str(err.value) and len(str(err.value)) < 300
+
+
+def test_the_token_limit_is_clips_77_for_sd_and_77_for_ifs_t5():
+    from transformers import CLIPTextConfig, T5Config
+
+    from dream3d.priors.prior import _max_length
+    from tiny_models import clip_tokenizer, t5_tokenizer
+
+    class Encoder:
+        def __init__(self, config):
+            self.config = config
+
+    assert _max_length(clip_tokenizer(77), Encoder(CLIPTextConfig(max_position_embeddings=77))) == 77
+    assert _max_length(t5_tokenizer(512), Encoder(T5Config())) == 77  # T5 takes 512; IF was trained on 77
+    assert _max_length(t5_tokenizer(16), Encoder(T5Config())) == 16

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dream3d.errors import Dream3DError
+from dream3d.fileio import atomic_target
 from dream3d.run_folder import RunFolder, reserve_run_dir  # noqa: F401
 
 
@@ -62,11 +63,9 @@ def obj_zip(run_dir: Path) -> Path | None:
     if out.is_file() and out.stat().st_mtime >= obj.stat().st_mtime:
         return out
     parts = [obj] + sorted(export.glob("model*.mtl")) + sorted(export.glob("model*.png"))
-    tmp = out.with_name(out.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    with atomic_target(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
         for p in parts:
             z.write(p, arcname=p.name)
-    tmp.replace(out)
     return out
 
 

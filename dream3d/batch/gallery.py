@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
+from dream3d.fileio import write_bytes_atomic
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;background:#fafafa;color:#222}
 h1{font-size:1.3rem;margin:0 0 .3rem} .summary{color:#555;margin-bottom:1rem}
@@ -80,7 +82,5 @@ def write_gallery(batch_dir: str | os.PathLike, manifest: dict) -> Path:
             f'{html.escape(str(manifest.get("updated", "")))} · <a href="batch.json">batch.json</a></div>'
             f'<div class="grid">{"".join(_card(batch_dir, e) for e in jobs)}</div></body></html>\n')
     path = batch_dir / "index.html"
-    tmp = path.with_name(f".index.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_bytes_atomic(path, page.encode("utf-8"))
     return path

@@ -111,7 +111,7 @@ class RayRunner:
                         except ray.exceptions.TaskCancelledError:
                             result = {"type": "finished", "job": job.name, "state": "interrupted", "step": None}
                         except ray.exceptions.RayError as e:  # the worker process or its node died
-                            from dream3d.batch.worker import one_line
+                            from dream3d.errors import one_line
                             result = {"type": "finished", "job": job.name, "state": "failed", "step": None,
                                       "error": f"Ray task failed: {one_line(e)}", "outputs": {}}
                         on_event(result)

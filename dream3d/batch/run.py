@@ -1,7 +1,8 @@
 """The batch driver: jobs -> manifest -> runner (local workers or Ray) -> manifest, live table, gallery.
 
 Rerunning the same command continues the batch: done jobs are skipped, pending and interrupted ones run (a run
-folder with a checkpoint resumes from it), failed ones are retried only with `retry_failed`. The driver is the only
+folder with a checkpoint resumes from it), failed ones are retried only with `retry_failed`. A job whose run
+folder another process holds (a second `dream3d batch` on the same folder) is left to it, with one line. The driver is the only
 writer of its jobs' manifest entries; every state change is merged into `batch.json` and redraws `index.html`.
 """
 
@@ -118,6 +119,7 @@ class _Tracker:
         self.on_write = on_write
         self.attempt_t0: dict[str, float] = {}
         self.base_seconds: dict[str, float] = {}
+        self.taken: set[str] = set()  # jobs another process runs: their entries are its to write
 
     def tick(self, name: str) -> None:
         """Wall time over all attempts, the current one included."""
@@ -125,6 +127,8 @@ class _Tracker:
             self.entries[name]["seconds"] = round(self.base_seconds[name] + time.time() - self.attempt_t0[name], 2)
 
     def save(self, name: str) -> None:
+        if name in self.taken:
+            return
         self.tick(name)
         self.manifest.merge([self.entries[name]], on_write=self.on_write)
 
@@ -158,7 +162,10 @@ class _Tracker:
         if ev.get("step") is not None:
             e["step"] = ev["step"]
         state = ev["state"]
-        if state == "interrupted":
+        if state == "taken":  # another process holds the run: show its record, never overwrite it
+            self.taken.add(e["name"])
+            e.update(self.manifest.entries().get(e["name"], {}), note=f"left to {ev.get('error', 'another process')}")
+        elif state == "interrupted":
             e.update(state="pending", note=f"interrupted at step {e.get('step') or 0}")
         elif state == "done":
             e.update(state="done", error="", note="", finished=now(),
@@ -170,7 +177,7 @@ class _Tracker:
     def release_running(self) -> None:
         """Jobs still marked running (the batch is stopping) go back to pending."""
         for name, e in self.entries.items():
-            if e["state"] == "running":
+            if e["state"] == "running" and name not in self.taken:
                 e.update(state="pending", note=f"interrupted at step {e.get('step') or 0}")
                 self.save(name)
 

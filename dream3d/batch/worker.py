@@ -5,14 +5,16 @@
 from it, a two-stage recipe goes on in `<run>-mesh`, the last stage is exported; the worker's prior is reused
 across its jobs), renders a thumbnail, and reports events through `emit`. Any exception becomes a "failed"
 result with a one-line error (the full traceback goes to the run's error log), so one bad job never stops the
-worker.
+worker. The worker holds the run folder's lock while it runs the job (`RunFolder.locked`): a job that another
+process is running (a second `dream3d batch` on the same folder) is left to it and reported as "taken".
 
 Events (dicts, all with "type" and "job"):
   started    {host, pid}                     the worker took the job
   training   {step, steps, resumed}          the trainer started (step > 0: resumed from its checkpoint)
   progress   {step, steps, phase}            at most every PROGRESS_EVERY_S seconds, and when exporting
   checkpoint {step, steps}
-  finished   {state: done|failed|interrupted, error, step, steps, outputs, seconds}
+  finished   {state: done|failed|interrupted|taken, error, step, steps, outputs, seconds}
+             (taken: another process holds the run's lock; error names it; nothing was written)
 """
 
 from __future__ import annotations
@@ -25,20 +27,12 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from dream3d.errors import one_line
+
 PROGRESS_EVERY_S = 0.5
 THUMBNAIL_SIZE = 128
 PRIOR_MUTATING_METHODS = ("vsd",)  # VSD adds a LoRA and a hook to the prior's UNet: such jobs load their own
 _prior_cache: dict[tuple[str, str, str], object] = {}  # this worker's last prior, reused by its next jobs
-
-
-def one_line(e: BaseException, limit: int = 300) -> str:
-    """A one-line description of an exception (dream3d errors are already one clear line)."""
-    from dream3d.errors import Dream3DError
-
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if not isinstance(e, Dream3DError):
-        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def set_threads(threads: int) -> None:
@@ -80,11 +74,25 @@ def shared_prior(cfg):
 
 def run_job(job, run_dir: str | Path, emit: Callable[[dict], None],
             should_stop: Callable[[], bool] = lambda: False) -> dict:
-    """Run (or resume) one `jobs.Job` in `run_dir`; returns the "finished" event (also emitted)."""
-    from dream3d.run_folder import RunFolder
+    """Run (or resume) one `jobs.Job` in `run_dir` holding its lock; returns the "finished" event (also emitted)."""
+    from dream3d.run_folder import RunFolder, RunInUse
 
     run = RunFolder(run_dir)
     t0 = time.time()
+    try:
+        with run.locked("dream3d batch"):
+            return _run_locked(job, run, emit, should_stop, t0)
+    except RunInUse as e:
+        state, error = "taken", one_line(e)
+    except Exception as e:  # noqa: BLE001 - the lock itself could not be taken (a folder that cannot be written)
+        state, error = "failed", one_line(e)
+    result = {"type": "finished", "job": job.name, "state": state, "error": error, "step": None,
+              "steps": job.steps, "outputs": {}, "seconds": round(time.time() - t0, 3)}
+    emit(result)
+    return result
+
+
+def _run_locked(job, run, emit: Callable[[dict], None], should_stop: Callable[[], bool], t0: float) -> dict:
     base = {"job": job.name}
     emit({"type": "started", **base, "host": socket.gethostname(), "pid": os.getpid()})
     step = [0]

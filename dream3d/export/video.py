@@ -7,7 +7,9 @@ towards +x). Nothing here knows about geometry or priors.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +18,7 @@ import torch
 
 from dream3d.cameras import Cameras, orbit_cameras
 from dream3d.errors import Dream3DError
+from dream3d.fileio import atomic_target
 
 
 def render_orbit(render_fn: Callable[[Cameras], torch.Tensor], n_frames: int = 60, elevation_deg: float = 20.0,
@@ -52,12 +55,16 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 30) -> Pat
     import imageio.v2 as imageio
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
-                            macro_block_size=2, quality=8) as writer:
-        for frame in _even(frames):
-            writer.append_data(frame)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        try:
+            with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p",
+                                    macro_block_size=2, quality=8) as writer:
+                for frame in _even(frames):
+                    writer.append_data(frame)
+        except (OSError, RuntimeError, ValueError) as e:  # ffmpeg dying (a full disk) is not always an OSError
+            if isinstance(e, OSError) and e.errno is not None:
+                raise
+            raise OSError(_disk_errno(tmp.parent), f"ffmpeg could not write the video ({type(e).__name__})") from None
     return path
 
 
@@ -66,12 +73,19 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: int = 30) -> Pat
     from PIL import Image
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     images = [Image.fromarray(f) for f in frames]
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
-                   duration=max(20, int(round(1000.0 / fps))), optimize=False)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                       duration=max(20, int(round(1000.0 / fps))), optimize=False)
     return path
+
+
+def _disk_errno(folder: Path) -> int:
+    """ENOSPC when `folder`'s file system has (almost) no space left, else EIO: why a writer child process died."""
+    try:
+        return errno.ENOSPC if shutil.disk_usage(folder).free < 1 << 20 else errno.EIO
+    except OSError:
+        return errno.EIO
 
 
 def write_turntable(render_fn: Callable[[Cameras], torch.Tensor], path_mp4: str | os.PathLike | None,

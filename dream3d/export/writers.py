@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dream3d.export.uv import UVMesh
+from dream3d.fileio import write_bytes_atomic
 
 GLB_MAGIC = 0x46546C67  # "glTF"
 CHUNK_JSON = 0x4E4F534A  # "JSON"
@@ -33,15 +34,6 @@ def png_bytes(image: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(buf, format="PNG")
     return buf.getvalue()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes to `path` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _unit(normals: np.ndarray) -> np.ndarray:
@@ -113,7 +105,7 @@ def glb_bytes(mesh: UVMesh, texture_png: bytes, name: str = "dream3d") -> bytes:
 def write_glb(path: str | os.PathLike, mesh: UVMesh, texture: np.ndarray, name: str = "dream3d") -> Path:
     """Write the textured mesh as a .glb (texture (H,W,3) uint8 embedded as PNG); returns the path."""
     path = Path(path)
-    atomic_write(path, glb_bytes(mesh, png_bytes(texture), name))
+    write_bytes_atomic(path, glb_bytes(mesh, png_bytes(texture), name))
     return path
 
 
@@ -143,7 +135,7 @@ def write_obj(path: str | os.PathLike, mesh: UVMesh, texture: np.ndarray,
     ])
     mtl = (f"# dream3d export\nnewmtl {material}\nKa 0.000 0.000 0.000\nKd 1.000 1.000 1.000\n"
            f"Ks 0.000 0.000 0.000\nNs 0.0\nd 1.0\nillum 1\nPm 0.0\nPr 1.0\nmap_Kd {tex_path.name}\n")
-    atomic_write(tex_path, png_bytes(texture))
-    atomic_write(mtl_path, mtl.encode("utf-8"))
-    atomic_write(path, text.encode("utf-8"))
+    write_bytes_atomic(tex_path, png_bytes(texture))
+    write_bytes_atomic(mtl_path, mtl.encode("utf-8"))
+    write_bytes_atomic(path, text.encode("utf-8"))
     return {"obj": path, "mtl": mtl_path, "texture": tex_path}

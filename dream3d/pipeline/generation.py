@@ -2,12 +2,13 @@
 
 A config runs its own stage (`stage: nerf`, or a mesh/edit config made by `dream3d.pipeline.stage_configs`);
 a NeRF config with `mesh.refine_steps > 0` (a two-stage recipe) goes on, once its NeRF stage is done, with the
-mesh stage in `<run>-mesh` (resumed there too). The export follows the last stage. Front ends only translate
+mesh stage in `<run>-mesh` (resumed there too; its folder's lock is held while it trains and exports). The export follows the last stage. Front ends only translate
 the `Event` stream and decide when to stop.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -60,19 +61,21 @@ def run_generation(cfg: RunConfig, run: RunFolder | str | Path, prior: Diffusion
     trainer = Trainer(cfg, run, prior=prior, events=relay, preview_seconds=preview_seconds)
     current.append(trainer)
     state = trainer.train(handle_signals=handle_signals)
-    if state == "done" and cfg.stage == "nerf" and cfg.mesh.refine_steps > 0 and not should_stop():
-        mesh_prior = trainer.prior if not cfg.prior else None
-        trainer = Trainer(mesh_stage_config(run.path), run.mesh_stage, prior=mesh_prior, events=relay,
-                          preview_seconds=preview_seconds)
-        current[0] = trainer
-        state = trainer.train(handle_signals=handle_signals)
-    result = Generation(state, trainer)
-    wanted = state == "done" or (export_stopped and trainer.step > 0)
-    if wanted and trainer.cfg.export.enabled:
-        trainer.events(Event("export", trainer.step, trainer.cfg.steps, run_dir=trainer.run.path,
-                             stage=trainer.cfg.stage))
-        result.exported = export_run(trainer.run, loaded=(trainer.cfg, trainer.renderer), log=log,
-                                     events=trainer.events)
-        trainer.events(Event("exported", trainer.step, trainer.cfg.steps, run_dir=trainer.run.path,
-                             stage=trainer.cfg.stage, path=trainer.run.export))
+    with contextlib.ExitStack() as mesh_lock:  # the mesh stage's folder has its own writer lock
+        if state == "done" and cfg.stage == "nerf" and cfg.mesh.refine_steps > 0 and not should_stop():
+            mesh_lock.enter_context(run.mesh_stage.locked(f"the mesh stage of {run.name}"))
+            mesh_prior = trainer.prior if not cfg.prior else None
+            trainer = Trainer(mesh_stage_config(run.path), run.mesh_stage, prior=mesh_prior, events=relay,
+                              preview_seconds=preview_seconds)
+            current[0] = trainer
+            state = trainer.train(handle_signals=handle_signals)
+        result = Generation(state, trainer)
+        wanted = state == "done" or (export_stopped and trainer.step > 0)
+        if wanted and trainer.cfg.export.enabled:
+            trainer.events(Event("export", trainer.step, trainer.cfg.steps, run_dir=trainer.run.path,
+                                 stage=trainer.cfg.stage))
+            result.exported = export_run(trainer.run, loaded=(trainer.cfg, trainer.renderer), log=log,
+                                         events=trainer.events)
+            trainer.events(Event("exported", trainer.step, trainer.cfg.steps, run_dir=trainer.run.path,
+                                 stage=trainer.cfg.stage, path=trainer.run.export))
     return result

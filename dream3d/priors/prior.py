@@ -23,12 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from dream3d.cameras import Cameras, camera_features
-from dream3d.errors import PromptError
+from dream3d.errors import PromptError, safe_text
 from dream3d.priors.memory import MemoryOptions, apply_memory_options
 from dream3d.priors.loading import NEEDED, OPTIONAL, _spec, fail, load_component, read_index
 from dream3d.priors.prediction import drop_learned_variance, to_eps
 
 CAMERA_FEATURES = 5  # size of dream3d.cameras.camera_features
+T5_TYPES = ("t5", "mt5", "umt5")
+IF_T5_TOKENS = 77  # DeepFloyd IF's T5 encoder was trained on 77-token prompts (diffusers' IFPipeline.encode_prompt)
 
 
 class Prior:
@@ -75,7 +77,7 @@ class Prior:
         self.max_length = _max_length(tokenizer, text_encoder)
         ttype = getattr(self.text_encoder.config, "model_type", "")
         # T5 always takes the padding mask (as in diffusers' IF pipeline); CLIP only if its config asks for it
-        self._text_mask = ttype in ("t5", "mt5", "umt5") or bool(getattr(self.text_encoder.config,
+        self._text_mask = ttype in T5_TYPES or bool(getattr(self.text_encoder.config,
                                                                           "use_attention_mask", False))
         self._text_cache: dict[str, torch.Tensor] = {}
 
@@ -110,7 +112,8 @@ class Prior:
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """Text embeddings (B, L, D) in the prior's dtype on its device; each prompt string is encoded once.
 
-        With a strict vocabulary, raises PromptError naming the first unknown word (or a too-long prompt).
+        With a strict vocabulary, raises PromptError naming the first unknown word or a too-long prompt (other
+        priors are checked up front with `check_prompt`).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -127,16 +130,30 @@ class Prior:
         return torch.stack([self._text_cache[p] for p in prompts])
 
     def check_prompt(self, prompt: str) -> None:
-        """PromptError if the tokenizer maps a word of `prompt` to its unknown token or must truncate it."""
+        """PromptError if `prompt` needs more than the prior's `max_length` tokens (special tokens included; the
+        text encoder would silently drop the rest), or, with a strict vocabulary, if the tokenizer maps one of its
+        words to the unknown token."""
+        n = len(self.tokenizer(prompt).input_ids)
+        if n > self.max_length:
+            raise PromptError(f"the prompt '{safe_text(prompt, 60)}' is too long for prior '{safe_text(self.name, 80)}'"
+                              f": {n} tokens, at most {self.max_length} ({self._limit_name()}); shorten it")
+        if not self.strict_vocabulary:
+            return
         tok = self.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
         unk = self.tokenizer.unk_token_id
         for tid, (a, b) in zip(tok.input_ids, tok.offset_mapping):
             if unk is not None and tid == unk:
-                raise PromptError(f"unknown word '{prompt[a:b]}' in '{prompt}'{self._known_words()}")
-        n = len(self.tokenizer(prompt).input_ids)
-        if n > self.max_length:
-            raise PromptError(f"prompt '{prompt}' is too long for prior '{self.name}' "
-                              f"({n} tokens, at most {self.max_length})")
+                raise PromptError(f"unknown word '{safe_text(prompt[a:b], 40)}' in '{safe_text(prompt, 80)}'"
+                                  f"{self._known_words()}")
+
+    def _limit_name(self) -> str:
+        """Whose token limit `max_length` is, for messages."""
+        ttype = getattr(self.text_encoder.config, "model_type", "")
+        if ttype in T5_TYPES:
+            return "the T5 text encoder as DeepFloyd IF uses it"
+        if ttype == "clip_text_model" and not self.strict_vocabulary:
+            return "the CLIP text encoder's limit"
+        return "this prior's tokenizer"
 
     def _known_words(self) -> str:
         vocab = self.tokenizer.get_vocab()
@@ -239,9 +256,12 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def _max_length(tokenizer: Any, text_encoder: torch.nn.Module) -> int:
-    """Padding length: the tokenizer's model_max_length unless it is unset (huge), then the encoder's limit or 77."""
+    """The prompt length in tokens (and padding length): the tokenizer's model_max_length unless it is unset
+    (huge), then the encoder's limit or 77 (CLIP's, SD); a T5 encoder (IF) at most `IF_T5_TOKENS`."""
     n = int(getattr(tokenizer, "model_max_length", 0) or 0)
-    if 0 < n < 100_000:
-        return n
-    return int(getattr(text_encoder.config, "max_position_embeddings", 0) or 77)
+    if not 0 < n < 100_000:
+        n = int(getattr(text_encoder.config, "max_position_embeddings", 0) or 77)
+    if getattr(text_encoder.config, "model_type", "") in T5_TYPES:
+        n = min(n, IF_T5_TOKENS)
+    return n
 
