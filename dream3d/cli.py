@@ -247,11 +247,9 @@ def cmd_bench_hashgrid(a: argparse.Namespace) -> int:
 
 def cmd_bench_splat(a: argparse.Namespace) -> int:
     from dream3d.bench_splat import bench_splat, parse_backends
+    from dream3d.config import check_arguments
 
-    for name in ("gaussians", "size", "views", "rounds", "threads"):
-        value = getattr(a, name)
-        if value is not None and value < 1:
-            raise Dream3DError(f"--{name} must be at least 1 (got {value})")
+    check_arguments("bench splat", vars(a))
     bench_splat(gaussians=a.gaussians, size=a.size, views=a.views, rounds=a.rounds, threads=a.threads,
                 json_path=a.json, device=a.device, backends=parse_backends(a.backends))
     return 0
