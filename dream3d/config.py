@@ -564,6 +564,8 @@ TOOL_BOUNDS: dict[str, dict[str, Range]] = {
     "prior eval": {"n": Range(1, 256), "steps": Range(1, 1000), "cfg": BOUNDS["guidance.guidance_scale"],
                    "seed": BOUNDS["seed"]},
     "bench hashgrid": {"points": Range(1, 2**24), "levels": BOUNDS["geometry.n_levels"]},
+    "bench splat": {"gaussians": Range(1, 2**24), "size": Range(1, 4096), "views": Range(1, 256),
+                    "rounds": Range(1, 1000), "threads": Range(1, 1024)},
 }
 LIST_LENGTHS = {"optim.betas": (2,), "render.shading_probs": (3,), "camera.elevation_range": (2,),
                 "camera.azimuth_range": (2,), "camera.distance_range": (2,), "camera.fov_range": (2,),

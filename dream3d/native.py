@@ -66,6 +66,8 @@ KERNELS: dict[tuple[str, str], KernelBuild] = {
                                      cflags=("-O3", "-fopenmp"), ldflags=("-fopenmp",)),
     ("hashgrid", "cuda"): KernelBuild("hashgrid", "cuda", "hash-grid", ("hashgrid_cuda_binding.cpp", "hashgrid_cuda.cu"),
                                       cflags=("-O3",), cuda_cflags=("-O3",)),
+    ("splat", "cpu"): KernelBuild("splat", "cpu", "splatting", ("splat_cpu.cpp",),
+                                  cflags=("-O3", "-fopenmp"), ldflags=("-fopenmp",)),
 }
 
 _lock = threading.Lock()
