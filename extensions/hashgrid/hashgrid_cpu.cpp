@@ -13,7 +13,6 @@
 
 #include "hashgrid_common.h"
 
-
 namespace {
 
 using hashgrid::Level;
@@ -51,14 +50,16 @@ struct Block {
 
 template <int D, int F, bool SMOOTH>
 inline void locate_block(const float* x, int64_t i0, int64_t n, const Level& lv, const float* prefetch_base,
-                         Block<D>& blk) {
+                         bool prefetch_write, Block<D>& blk) {
   blk.count = static_cast<int>(std::min<int64_t>(kBlock, n - i0));
   for (int b = 0; b < blk.count; ++b) {
     uint32_t base[D];
     locate<D, SMOOTH>(x + (i0 + b) * D, lv, base, blk.s[b], blk.dsdx[b]);
     hashgrid::corner_rows<D>(lv, base, blk.rows[b]);
     for (int k = 0; k < (1 << D); ++k) {
-      if (prefetch_base) __builtin_prefetch(prefetch_base + static_cast<int64_t>(blk.rows[b][k]) * F, 0);
+      const float* p = prefetch_base + static_cast<int64_t>(blk.rows[b][k]) * F;
+      if (prefetch_write) __builtin_prefetch(p, 1);
+      else __builtin_prefetch(p, 0);
     }
   }
 }
@@ -73,7 +74,7 @@ void forward_level(const float* x, int64_t n, const float* params, const Level& 
 #pragma omp for schedule(dynamic, kChunk / kBlock) nowait
   for (int64_t bi = 0; bi < blocks; ++bi) {
     Block<D> blk;
-    locate_block<D, F, SMOOTH>(x, bi * kBlock, n, lv, table, blk);
+    locate_block<D, F, SMOOTH>(x, bi * kBlock, n, lv, table, false, blk);
     for (int b = 0; b < blk.count; ++b) {
       float acc[F] = {};
       for (int k = 0; k < K; ++k) {
@@ -101,10 +102,6 @@ std::vector<Level> make_levels(const std::vector<double>& scales, const std::vec
                       dense[l] ? 1u : 0u};
   }
   return levels;
-}
-
-int64_t total_rows(const std::vector<Level>& levels) {
-  return levels.empty() ? 0 : int64_t(levels.back().offset) + levels.back().entries;
 }
 
 // Runs FUNC<D, F, SMOOTH>(args...) for the runtime (d, f, smooth); errors on an unsupported combination.
@@ -165,7 +162,7 @@ void backward_level(const float* x, int64_t p0, int64_t m, const float* table, c
   if (g && zero) std::memset(g, 0, sizeof(float) * lv.entries * F);
   for (int64_t i0 = 0; i0 < m; i0 += kBlock) {
     Block<D> blk;
-    locate_block<D, F, SMOOTH>(x + p0 * D, i0, m, lv, g ? g : table, blk);
+    locate_block<D, F, SMOOTH>(x + p0 * D, i0, m, lv, g ? g : table, g != nullptr, blk);
     for (int b = 0; b < blk.count; ++b) {
       const int64_t i = i0 + b;
       const float* go = gout_l + (p0 + i) * F;
@@ -227,6 +224,10 @@ void forward_dispatch(int64_t d, int64_t f, bool smooth, const std::vector<Level
 void backward_dispatch(int64_t d, int64_t f, bool smooth, const std::vector<Level>& levels, const float* x,
                        int64_t n, const float* params, const float* gout, float* gparams, float* gx, int threads) {
   HG_DISPATCH(backward_all, levels, x, n, params, gout, gparams, gx, threads)
+}
+
+int64_t total_rows(const std::vector<Level>& levels) {
+  return levels.empty() ? 0 : int64_t(levels.back().offset) + levels.back().entries;
 }
 
 void check_inputs(const torch::Tensor& x, const torch::Tensor& params, int64_t F, int64_t total_rows) {
@@ -291,5 +292,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "hash-grid backward -> [grad_params, grad_x]",
         py::call_guard<py::gil_scoped_release>());
   m.def("set_scratch_floats", &set_scratch_floats,
-        "cap on the backward's table-gradient scratch, in floats (default 2^24)");
+        "cap on the backward's per-level input-gradient parts, in floats (default 2^24)");
 }
