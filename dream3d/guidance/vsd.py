@@ -13,9 +13,9 @@ After computing g (with the current φ) the same call trains φ one AdamW step o
 t' ~ U{0..T−1}, ε' ~ N(0,I), camera zeroed with probability `camera_dropout`, ordinary diffusion loss. So
 `optimized_parameters()` is [] (the trainer's optimizer never sees φ) and the module's state_dict holds φ's LoRA,
 camera MLP and AdamW state (tensors only: "phi.lora.*", "phi.camera.*", "phi.opt.*"), restored exactly by
-`load_state_dict`. Per step the generator draws t, ε, then t', ε' and the camera-dropout mask. A resumed run is bitwise identical to an uninterrupted one only where φ's backward is
-deterministic: on CPU that means one intra-op thread (OMP_NUM_THREADS=1, as tests/test_trainer.py runs); with several
-threads the UNet's weight-gradient reductions differ in the last bits from run to run, resumed or not.
+`load_state_dict`. Per step the generator draws t, ε, then t', ε' and the camera-dropout mask. So a resumed run is
+bitwise identical to an uninterrupted one where the run itself is reproducible: on the CPU with the same number of
+threads (README, "Reproducibility"); on a GPU it is close, not bitwise.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 // Hash-grid encoding on the CPU (tiny-cuda-nn's definition): forward, and backward w.r.t. the table and the
-// inputs. OpenMP over points, levels one after another (one level's table stays in cache), level-major
-// scratch layouts (L, N, F) so every level reads/writes contiguous memory. The table gradient has no lock:
-// thread 0 accumulates into the output slice, the others into private buffers that are summed afterwards.
+// inputs. Forward: OpenMP over points, levels one after another (one level's table stays in cache). Backward:
+// OpenMP over levels, points in order within a level. Level-major scratch layouts (L, N, F) so every level
+// reads/writes contiguous memory. No atomics: every output value is written by one thread in a fixed order, so
+// results are bitwise the same for any thread count (see "Order of the sums").
 #include <torch/extension.h>
-
-#include <omp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -89,84 +88,6 @@ void forward_level(const float* x, int64_t n, const float* params, const Level& 
   }
 }
 
-// Backward of points [bi·kBlock, ...) of one level. g: this thread's table-gradient buffer for the level, or
-// null; gx: (N, D) accumulated, or null.
-template <int D, int F, bool SMOOTH>
-inline void backward_block(const float* x, int64_t bi, int64_t n, const float* table, const Level& lv,
-                           const float* gout_l, float* g, float* gx) {
-  constexpr int K = 1 << D;
-  Block<D> blk;
-  locate_block<D, F, SMOOTH>(x, bi * kBlock, n, lv, g ? g : table, g != nullptr, blk);
-  for (int b = 0; b < blk.count; ++b) {
-    const int64_t i = bi * kBlock + b;
-    const float* go = gout_l + i * F;
-    const float* s = blk.s[b];
-    const uint32_t* rows = blk.rows[b];
-    if (g) {
-      for (int k = 0; k < K; ++k) {
-        const float w = hashgrid::corner_weight<D>(k, s);
-        float* gp = g + static_cast<int64_t>(rows[k]) * F;
-        for (int f = 0; f < F; ++f) gp[f] += w * go[f];
-      }
-    }
-    if (gx) {
-      float dot[K];  // <dL/dy, corner value>
-      for (int k = 0; k < K; ++k) {
-        const float* v = table + static_cast<int64_t>(rows[k]) * F;
-        float acc = 0.0f;
-        for (int f = 0; f < F; ++f) acc += go[f] * v[f];
-        dot[k] = acc;
-      }
-      for (int d = 0; d < D; ++d) {
-        float acc = 0.0f;
-        for (int k = 0; k < K; ++k) acc += hashgrid::corner_weight_ds<D>(k, d, s) * dot[k];
-        gx[i * D + d] += acc * blk.dsdx[b][d];
-      }
-    }
-  }
-}
-
-// One level's backward, work-shared over the enclosing parallel region. Without an input gradient no barrier
-// follows (each thread owns its table-gradient buffer); with one, a barrier keeps a point's gx updates of
-// consecutive levels from overlapping.
-template <int D, int F, bool SMOOTH>
-void backward_level(const float* x, int64_t n, const float* params, const Level& lv, const float* gout_l, float* g,
-                    float* gx) {
-  const float* table = params + static_cast<int64_t>(lv.offset) * F;
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  if (gx) {
-#pragma omp for schedule(dynamic, kChunk / kBlock)
-    for (int64_t bi = 0; bi < blocks; ++bi) backward_block<D, F, SMOOTH>(x, bi, n, table, lv, gout_l, g, gx);
-  } else {
-#pragma omp for schedule(dynamic, kChunk / kBlock) nowait
-    for (int64_t bi = 0; bi < blocks; ++bi) backward_block<D, F, SMOOTH>(x, bi, n, table, lv, gout_l, g, gx);
-  }
-}
-
-// Consecutive levels whose table gradients share one private buffer per thread: [first, last), rows.
-struct Group {
-  size_t first, last;
-  int64_t row0, rows;
-};
-
-// Groups of at most `cap_rows` rows (a single larger level forms its own group).
-std::vector<Group> make_groups(const std::vector<Level>& levels, int64_t cap_rows) {
-  std::vector<Group> groups;
-  for (size_t l = 0; l < levels.size(); ++l) {
-    const int64_t rows = levels[l].entries;
-    if (groups.empty() || groups.back().rows + rows > cap_rows) groups.push_back({l, l, levels[l].offset, 0});
-    groups.back().last = l + 1;
-    groups.back().rows += rows;
-  }
-  return groups;
-}
-
-// Private table-gradient buffers are capped at this many floats in all (default 2^24 = 64 MiB); with 2 threads
-// the whole default grid (12.6M floats) fits one group, so there is a single reduction.
-std::atomic<int64_t> g_scratch_floats{int64_t(1) << 24};
-
-void set_scratch_floats(int64_t floats) { g_scratch_floats = std::max<int64_t>(1, floats); }
-
 std::vector<Level> make_levels(const std::vector<double>& scales, const std::vector<int64_t>& res,
                                const std::vector<int64_t>& entries, const std::vector<int64_t>& offsets,
                                const std::vector<bool>& dense) {
@@ -204,36 +125,92 @@ void forward_all(const std::vector<Level>& levels, const float* x, int64_t n, co
     forward_level<D, F, SMOOTH>(x, n, params, levels[l], out + int64_t(l) * n * F);
 }
 
-// gparams: full table gradient (written entirely) or null; scratch: (threads − 1)·max group rows·F floats.
+// Order of the sums. A table entry of level l receives its terms w_k(x_i)·dL/dy_i in the order of a serial
+// loop over points i and corners k, and a point's input gradient its levels' parts in level order, whatever
+// the number of threads: levels have disjoint table rows, so each level's loop runs on one thread
+// (backward_level) and only the levels are shared out; input-gradient parts are kept per level and added in
+// level order afterwards. Results are therefore bitwise the same for any thread count (at most one thread
+// per level is busy).
+
+// Input gradient of one located point of one level, stored in gxi (D floats):
+// Σ_d dsdx_d Σ_k ∂w_k/∂s_d <dL/dy, v_k>.
+template <int D, int F>
+inline void input_grad(const float* table, const uint32_t* rows, const float* s, const float* dsdx,
+                       const float* go, float* gxi) {
+  constexpr int K = 1 << D;
+  float dot[K];  // <dL/dy, corner value>
+  for (int k = 0; k < K; ++k) {
+    const float* v = table + static_cast<int64_t>(rows[k]) * F;
+    float acc = 0.0f;
+    for (int f = 0; f < F; ++f) acc += go[f] * v[f];
+    dot[k] = acc;
+  }
+  for (int d = 0; d < D; ++d) {
+    float acc = 0.0f;
+    for (int k = 0; k < K; ++k) acc += hashgrid::corner_weight_ds<D>(k, d, s) * dot[k];
+    gxi[d] = acc * dsdx[d];
+  }
+}
+
+// Backward of points [p0, p0 + m) of one level, on the calling thread, points in order. g: the level's table
+// gradient (its rows zeroed first when `zero`) or null; gx: (m, D), the level's input-gradient part of these
+// points (stored), or null.
 template <int D, int F, bool SMOOTH>
-void backward_all(const std::vector<Level>& levels, const std::vector<Group>& groups, const float* x, int64_t n,
-                  const float* params, const float* gout, float* gparams, float* scratch, int64_t scratch_stride,
-                  float* gx, int threads) {
+void backward_level(const float* x, int64_t p0, int64_t m, const float* table, const Level& lv,
+                    const float* gout_l, float* g, bool zero, float* gx) {
+  constexpr int K = 1 << D;
+  if (g && zero) std::memset(g, 0, sizeof(float) * lv.entries * F);
+  for (int64_t i0 = 0; i0 < m; i0 += kBlock) {
+    Block<D> blk;
+    locate_block<D, F, SMOOTH>(x + p0 * D, i0, m, lv, g ? g : table, g != nullptr, blk);
+    for (int b = 0; b < blk.count; ++b) {
+      const int64_t i = i0 + b;
+      const float* go = gout_l + (p0 + i) * F;
+      if (g) {
+        for (int k = 0; k < K; ++k) {
+          const float w = hashgrid::corner_weight<D>(k, blk.s[b]);
+          float* gp = g + static_cast<int64_t>(blk.rows[b][k]) * F;
+          for (int f = 0; f < F; ++f) gp[f] += w * go[f];
+        }
+      }
+      if (gx) input_grad<D, F>(table, blk.rows[b], blk.s[b], blk.dsdx[b], go, gx + i * D);
+    }
+  }
+}
+
+// Cap on the input-gradient parts kept per level for a segment of points, in floats (default 2^24 = 64 MiB).
+std::atomic<int64_t> g_scratch_floats{int64_t(1) << 24};
+
+void set_scratch_floats(int64_t floats) { g_scratch_floats = std::max<int64_t>(1, floats); }
+
+// gparams: full table gradient (written entirely) or null; gx: (N, D) zeroed, or null.
+template <int D, int F, bool SMOOTH>
+void backward_all(const std::vector<Level>& levels, const float* x, int64_t n, const float* params,
+                  const float* gout, float* gparams, float* gx, int threads) {
+  const int64_t L = static_cast<int64_t>(levels.size());
+  threads = static_cast<int>(std::clamp<int64_t>(threads, 1, L));
+  // input gradients: each level's part of a segment of points, then added level after level
+  const int64_t seg = gx ? std::clamp<int64_t>(g_scratch_floats.load() / (L * D), 1, n) : n;
+  thread_local std::vector<float> parts;  // (L, seg, D), kept per calling thread between calls
+  if (gx && parts.size() < static_cast<size_t>(L * seg * D)) parts.resize(L * seg * D);
+  float* const parts_base = parts.data();
 #pragma omp parallel num_threads(threads)
-  {
-    const int t = omp_get_thread_num();
-    const int nt = omp_get_num_threads();
-    for (const Group& grp : groups) {
-      float* mine = nullptr;  // this thread's gradient buffer for the group's rows
-      if (gparams) {
-        mine = t == 0 ? gparams + grp.row0 * F : scratch + (t - 1) * scratch_stride;
-        std::memset(mine, 0, sizeof(float) * grp.rows * F);
-      }
-      for (size_t l = grp.first; l < grp.last; ++l) {
-        const Level& lv = levels[l];
-        float* g = mine ? mine + (int64_t(lv.offset) - grp.row0) * F : nullptr;
-        backward_level<D, F, SMOOTH>(x, n, params, lv, gout + int64_t(l) * n * F, g, gx);
-      }
-      if (gparams && nt > 1) {
-#pragma omp barrier
-        float* total = gparams + grp.row0 * F;
-        const int64_t size = grp.rows * F;
-#pragma omp for schedule(dynamic, 16 * kChunk)
-        for (int64_t j = 0; j < size; ++j) {
-          float acc = total[j];
-          for (int b = 0; b < nt - 1; ++b) acc += scratch[b * scratch_stride + j];
-          total[j] = acc;
-        }  // implicit barrier: buffers are free for the next group
+  for (int64_t p0 = 0; p0 < n; p0 += seg) {
+    const int64_t m = std::min(seg, n - p0);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < L; ++u) {  // finest (slowest) levels first
+      const int64_t l = L - 1 - u;
+      const Level& lv = levels[l];
+      backward_level<D, F, SMOOTH>(x, p0, m, params + int64_t(lv.offset) * F, lv, gout + l * n * F,
+                                   gparams ? gparams + int64_t(lv.offset) * F : nullptr, p0 == 0,
+                                   gx ? parts_base + l * seg * D : nullptr);
+    }
+    if (gx) {
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < m * D; ++i) {
+        float acc = gx[p0 * D + i];
+        for (int64_t l = 0; l < L; ++l) acc += parts_base[l * seg * D + i];
+        gx[p0 * D + i] = acc;
       }
     }
   }
@@ -244,11 +221,13 @@ void forward_dispatch(int64_t d, int64_t f, bool smooth, const std::vector<Level
   HG_DISPATCH(forward_all, levels, x, n, params, out, threads)
 }
 
-void backward_dispatch(int64_t d, int64_t f, bool smooth, const std::vector<Level>& levels,
-                       const std::vector<Group>& groups, const float* x, int64_t n, const float* params,
-                       const float* gout, float* gparams, float* scratch, int64_t scratch_stride, float* gx,
-                       int threads) {
-  HG_DISPATCH(backward_all, levels, groups, x, n, params, gout, gparams, scratch, scratch_stride, gx, threads)
+void backward_dispatch(int64_t d, int64_t f, bool smooth, const std::vector<Level>& levels, const float* x,
+                       int64_t n, const float* params, const float* gout, float* gparams, float* gx, int threads) {
+  HG_DISPATCH(backward_all, levels, x, n, params, gout, gparams, gx, threads)
+}
+
+int64_t total_rows(const std::vector<Level>& levels) {
+  return levels.empty() ? 0 : int64_t(levels.back().offset) + levels.back().entries;
 }
 
 void check_inputs(const torch::Tensor& x, const torch::Tensor& params, int64_t F, int64_t total_rows) {
@@ -259,10 +238,6 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& params, int64_t F
               "hashgrid cpu: params must be a contiguous 1-D float32 tensor");
   TORCH_CHECK(params.numel() == total_rows * F, "hashgrid cpu: params has ", params.numel(), " values, expected ",
               total_rows * F);
-}
-
-int64_t total_rows(const std::vector<Level>& levels) {
-  return levels.empty() ? 0 : int64_t(levels.back().offset) + levels.back().entries;
 }
 
 torch::Tensor forward(torch::Tensor x, torch::Tensor params, std::vector<double> scales, std::vector<int64_t> res,
@@ -300,21 +275,12 @@ std::vector<torch::Tensor> backward(torch::Tensor grad_out, torch::Tensor x, tor
     return {gparams, gx};
   }
   const int threads = std::max(1, at::get_num_threads());
-  int64_t max_rows = 0;
-  for (const auto& lv : levels) max_rows = std::max<int64_t>(max_rows, lv.entries);
-  const auto groups = make_groups(levels, std::max(max_rows, g_scratch_floats.load() / (F * std::max(1, threads - 1))));
-  int64_t stride = 0;  // floats per private buffer
-  for (const auto& grp : groups) stride = std::max(stride, grp.rows * F);
-  // private buffers kept per calling thread between calls (no page faults on every backward)
-  thread_local std::vector<float> scratch;
-  const size_t need = need_params ? static_cast<size_t>(threads - 1) * stride : 0;
-  if (scratch.size() < need) scratch.resize(need);
   const float* xp = x.data_ptr<float>();
   const float* pp = params.data_ptr<float>();
   const float* gp = gout.data_ptr<float>();
   float* gpp = need_params ? gparams.data_ptr<float>() : nullptr;
   float* gxp = need_x ? gx.data_ptr<float>() : nullptr;
-  backward_dispatch(D, F, smoothstep, levels, groups, xp, n, pp, gp, gpp, scratch.data(), stride, gxp, threads);
+  backward_dispatch(D, F, smoothstep, levels, xp, n, pp, gp, gpp, gxp, threads);
   return {gparams, gx};
 }
 
@@ -326,5 +292,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "hash-grid backward -> [grad_params, grad_x]",
         py::call_guard<py::gil_scoped_release>());
   m.def("set_scratch_floats", &set_scratch_floats,
-        "cap on the backward's private gradient buffers, in floats (default 2^24)");
+        "cap on the backward's per-level input-gradient parts, in floats (default 2^24)");
 }
