@@ -212,7 +212,7 @@ def test_launch_safety(capsys):
         with pytest.raises(Dream3DError, match="needs a login"):
             check_exposure(host, share, None)
     assert main(["--host", "0.0.0.0", "--outputs", "unused"]) == 2
-    assert "needs a login: add --auth USER:PASS" in capsys.readouterr().err
+    assert "needs a login: add --auth-file FILE" in capsys.readouterr().err
 
 
 def test_shutdown_stops_running_and_waiting_jobs(tmp_path):

@@ -90,11 +90,13 @@ def test_generate_without_config_saves_the_sd_recipe_and_says_so(folders, tmp_pa
 
 def test_the_app_and_batch_pick_the_same_recipes(folders, tmp_path):
     from dream3d.app import forms
+    from dream3d.app.policy import PagePolicy
     from dream3d.batch.jobs import build_jobs, parse_prompts
 
-    cfg = forms.generate_config("a hamburger", "sds", str(folders["sd"]))
+    offered = PagePolicy(allowed_priors=(str(folders["sd"]),))  # python app.py --allow-prior FOLDER
+    cfg = forms.generate_config("a hamburger", "sds", str(folders["sd"]), policy=offered)
     assert (cfg.guidance.guidance_scale, cfg.render.height, cfg.steps) == (101.0, 64, 10000)
-    assert forms.method_config("vsd", str(folders["sd"])).steps == 25000  # sd-vsd
+    assert forms.method_config("vsd", str(folders["sd"]), offered).steps == 25000  # sd-vsd
     assert forms.method_config("sds", "").guidance.guidance_scale == 10.0  # configs/sds.yaml, bundled
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(f'{{"prompt": "a hamburger", "prior": "{folders["if"]}"}}\n{{"prompt": "a red cube"}}\n')

@@ -212,8 +212,9 @@ class RunManager:
                 return
         job.request_stop()
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop every job and the workers (waits up to `timeout` s for running jobs to save their state)."""
+    def shutdown(self, timeout: float = 30.0) -> list[Job]:
+        """Stop every job and the workers, waiting up to `timeout` s for running jobs to save their state (the
+        checkpoint, then the export); returns the jobs still busy at the bound."""
         with self._cond:
             self._closed = True
             jobs = list(self._jobs.values())
@@ -226,3 +227,4 @@ class RunManager:
         for threads in self._workers.values():
             for t in threads:
                 t.join(max(0.0, deadline - time.time()))
+        return [job for job in jobs if not job.done_event.is_set()]
