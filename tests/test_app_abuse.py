@@ -210,7 +210,7 @@ def test_stop_works_through_gradio_client_and_rest_with_the_session_id(app):
     import httpx
 
     outputs, known = app["outputs"], set(app["outputs"].iterdir())
-    config = TINY_YAML + "export: {resolution: 32, texture_size: 64, turntable: false}\n"
+    config = TINY_YAML + "export: {enabled: false}\n"  # the stop is what is tried here
     job = app["client"].submit("a red cube", "sds", "", 5000, 0, None, config, api_name="/generate")
     wait_for(lambda: steps_made(new_run(outputs, known)) >= 3, what="3 steps")
     app["client"].predict(api_name="/stop")
@@ -333,6 +333,42 @@ def test_launch_mistakes_are_one_line(tmp_path, capsys):
             assert err.count("\n") == 1 and message in err and "Traceback" not in err, (args, err)
 
 
+def test_operator_limits_tighten_the_page(tmp_path):
+    from dream3d.app import forms
+    from dream3d.app.policy import PAGE_LIMITS, PagePolicy, page_limits
+    from dream3d.errors import ConfigError
+
+    limits = page_limits(100, ["render.height=16", "export.texture_size=64"])
+    assert limits == {**PAGE_LIMITS, "steps": 100, "mesh.refine_steps": 100, "render.height": 16,
+                      "export.texture_size": 64}
+    policy = PagePolicy(("me/my-model",), limits)
+    for steps, config, message in ((101, TINY_YAML, "'steps' is at most 100 in this app"),
+                                   (50, TINY_YAML.replace("height: 16", "height: 24"), "'render.height' is at most 16"),
+                                   (50, TINY_YAML, "'export.texture_size' is at most 64")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            forms.generate_config("a red cube", "sds", "", steps, 0, None, config, policy)
+    assert policy.prior_value(" me/my-model ") == "me/my-model" and policy.prior_value("Bundled") == ""
+    with pytest.raises(ConfigError, match="must be in"):
+        page_limits(None, ["render.height=100000"])
+
+
+def test_a_second_signal_exits_at_once():
+    script = ("import os, signal, time\n"
+              "from dream3d.app import launch\n"
+              "for s in (signal.SIGTERM, signal.SIGINT):\n"
+              "    signal.signal(s, launch._first_signal)\n"
+              "try:\n"
+              "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(30)\n"
+              "except KeyboardInterrupt:\n"
+              "    print('stopping', flush=True)\n"
+              "    os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n"
+              "print('not reached')\n")
+    r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 128 + signal.SIGINT and r.stdout == "stopping\n", (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith("app.py: second signal: exiting now") and "Traceback" not in r.stderr
+
+
 @pytest.mark.slow
 def test_sigterm_during_a_run_keeps_a_checkpoint_and_an_export_and_exits_0(tmp_path):
     need_gradio()
@@ -366,3 +402,15 @@ def test_sigterm_during_a_run_keeps_a_checkpoint_and_an_export_and_exits_0(tmp_p
     assert (run / "export" / "model.glb").stat().st_size > 0 and (run / "turntable.mp4").is_file()
     assert "stops after its current step" in err and "waiting at most 600 s" in err
     assert "terminate called" not in err and "Traceback" not in err
+
+
+def test_readme_lists_the_page_limits():
+    from dream3d.app.policy import PAGE_LIMITS
+
+    text = (REPO / "README.md").read_text()
+    limits = text[text.index("What a page can ask of the server"):]
+    limits = limits[:limits.index("\n\n")]
+    for key, value in PAGE_LIMITS.items():
+        after = limits[limits.index(f"`{key}`") + len(key) + 2:]
+        assert re.search(r"\d+", after).group() == str(value), key
+    assert f"| `--max-steps N` | {PAGE_LIMITS['steps']} |" in text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dream3d.app.policy import PagePolicy
 from dream3d.config import RunConfig, apply_yaml_text, load_config
-from dream3d.errors import ConfigError, PromptError
+from dream3d.errors import ConfigError, PromptError, safe_text
 from dream3d.guidance.registry import methods as guidance_methods
 from dream3d.pipeline import generation_config
 from dream3d.priors.kinds import inspect_prior
@@ -44,7 +44,7 @@ def method_config(method: str, prior: str | None = "", policy: PagePolicy | None
     if method not in table:
         if method in guidance_methods():
             raise ConfigError(f"{method} edits a finished run; use the Edit tab")
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(table)}")
+        raise ConfigError(f"unknown method '{safe_text(method, 60)}'; choose one of {', '.join(table)}")
     prior = (policy or PagePolicy()).prior_value(prior)
     if prior and inspect_prior(prior).kind != "shapes":
         cfg, _ = generation_config(None, [f"prior={prior}", f"guidance.method={method}"])

@@ -199,6 +199,10 @@ def resolve_run(root: Path, name: str) -> Path:
                                                   for p in parts):
         raise Dream3DError(f"unknown run '{safe_text(name, 80)}'")
     path = root.joinpath(*parts)
-    if not RunFolder(path).is_run() or not path.resolve().is_relative_to(root.resolve()):
+    try:
+        inside = RunFolder(path).is_run() and path.resolve().is_relative_to(root.resolve())
+    except OSError:  # e.g. a name longer than the file system takes
+        inside = False
+    if not inside:
         raise Dream3DError(f"unknown run '{safe_text(name, 80)}' (no such run folder in {safe_text(root)})")
     return path

@@ -337,7 +337,9 @@ def generate_tab(method_names: list[str], policy: PagePolicy) -> GenerateTab:
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", placeholder="a red cube", elem_id="prompt")
-                method = gr.Dropdown(choices=method_names, value="sds", label="Method", elem_id="method")
+                # custom values reach forms (one line for an unknown method); Gradio would quote one whole
+                method = gr.Dropdown(choices=method_names, value="sds", label="Method", elem_id="method",
+                                     allow_custom_value=True)
                 offer = ", ".join(policy.allowed_priors)
                 prior = gr.Textbox(label="Prior", placeholder="bundled (leave empty)" + (f", or one of: {offer}"
                                                                                          if offer else ""),
