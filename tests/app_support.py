@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,16 @@ def close_app(demo) -> None:
     demo.run_manager.shutdown()
     demo.close()
     demo.file_server.close()
+
+
+def wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll `cond` until it is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_status(run_dir: Path) -> dict:

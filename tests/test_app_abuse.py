@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from app_support import REPO, TINY_YAML, close_app, free_port, launch_app, need_gradio, run_status
+from app_support import REPO, TINY_YAML, close_app, free_port, launch_app, need_gradio, run_status, wait_for
 
 ALIAS_LEVELS = 9  # a "billion laughs" of 10^9 values once expanded, in a few hundred bytes
 ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -182,15 +182,6 @@ def test_uploads_are_refused(app):
     assert big_files() == before
 
 
-def wait_for(cond, timeout=120.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def new_run(outputs: Path, known: set) -> Path | None:
     """The run folder under `outputs` that is not in `known` (None before it is made)."""
     runs = [p for p in outputs.iterdir() if p.is_dir() and p not in known]
@@ -212,7 +203,7 @@ def test_stop_works_through_gradio_client_and_rest_with_the_session_id(app):
     outputs, known = app["outputs"], set(app["outputs"].iterdir())
     config = TINY_YAML + "export: {enabled: false}\n"  # the stop is what is tried here
     job = app["client"].submit("a red cube", "sds", "", 5000, 0, None, config, api_name="/generate")
-    wait_for(lambda: steps_made(new_run(outputs, known)) >= 3, what="3 steps")
+    wait_for(lambda: steps_made(new_run(outputs, known)) >= 3, timeout=120, what="3 steps")
     app["client"].predict(api_name="/stop")
     assert "stopped at step" in text_of(job.result(timeout=120)[0])
     known = set(outputs.iterdir())
@@ -387,11 +378,13 @@ def test_sigterm_during_a_run_keeps_a_checkpoint_and_an_export_and_exits_0(tmp_p
             lines.append(line)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         client.submit("a red cube", "sds", "", 20_000, 0, None, TINY_YAML, api_name="/generate")
-        wait_for(lambda: steps_made(new_run(outputs, set())) >= 5, what="5 steps")
+        wait_for(lambda: steps_made(new_run(outputs, set())) >= 5, timeout=120, what="5 steps")
         run = new_run(outputs, set())
+        t0 = time.perf_counter()
         proc.send_signal(signal.SIGTERM)
         err = "".join(lines) + proc.stderr.read()
         assert proc.wait(timeout=300) == 0, err
+        print(f"SIGTERM to exit: {time.perf_counter() - t0:.1f} s (the stop, the export, the server's close)")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -111,9 +112,13 @@ def _with(cfg, prompt):
 
 
 def test_the_generate_tab_fills_steps_and_scale_from_the_prior_kind_recipe(folders):
-    pytest.importorskip("gradio")
+    gr = pytest.importorskip("gradio")
+    from dream3d.app.policy import PagePolicy
     from dream3d.app.ui import Handlers
 
-    assert Handlers.recipe_defaults("sds", str(folders["sd"])) == (10000, 101.0)
-    assert Handlers.recipe_defaults("vsd", str(folders["sd"])) == (25000, 7.5)
-    assert Handlers.recipe_defaults("sds", "") == (1200, 10.0)
+    h = Handlers(Path("unused-outputs"), None, None, 0.5, PagePolicy((str(folders["sd"]),)))  # --allow-prior
+    assert h.recipe_defaults("sds", str(folders["sd"])) == (10000, 101.0)
+    assert h.recipe_defaults("vsd", str(folders["sd"])) == (25000, 7.5)
+    assert h.recipe_defaults("sds", "") == (1200, 10.0)
+    unchanged = Handlers(Path("unused-outputs"), None, None, 0.5).recipe_defaults("sds", str(folders["sd"]))
+    assert unchanged == (gr.skip(), gr.skip())  # not offered: the fields are left as they are

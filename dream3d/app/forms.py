@@ -67,12 +67,12 @@ def _number(value, name: str, integer: bool) -> float | int | None:
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        raise ConfigError(f"{name} must be a number, got {safe_text(repr(value), 60)}") from None
     if not math.isfinite(x):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number, got {safe_text(repr(value), 60)}")
     if integer:
         if x != int(x):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            raise ConfigError(f"{name} must be a whole number, got {safe_text(repr(value), 60)}")
         return int(x)
     return x
 

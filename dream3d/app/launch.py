@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-prior", action="append", default=[], metavar="ID_OR_PATH",
                    help="offer this prior (hub id or local diffusers folder) on the page; repeatable "
                    "(default: the bundled prior only)")
-    p.add_argument("--max-steps", type=int, help="most steps of each stage of a run from the page "
+    p.add_argument("--max-steps", type=int, metavar="N", help="most steps of each stage of a run from the page "
                    "(default 25000)")
     p.add_argument("--limit", action="append", default=[], metavar="KEY=MAX",
                    help="upper limit of a numeric config key for the page, e.g. render.height=256; repeatable "
@@ -113,17 +113,21 @@ def check_port(host: str, port: int) -> None:
     if not 1 <= port <= 65535:
         raise Dream3DError(f"--port must be in 1..65535; got {port}")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
         raise Dream3DError(f"--host {safe_text(host)}: not an address of this machine "
                            f"({getattr(e, 'strerror', None) or e})") from None
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port left in TIME_WAIT is free
-        try:
-            s.bind(address)
-        except OSError as e:
-            raise Dream3DError(f"cannot serve on {safe_text(host)} port {port} ({e.strerror}); is another app "
-                               "serving there? Choose another --port") from None
+    errors = []
+    for family, kind, proto, _, address in addresses:  # e.g. localhost: ::1 and 127.0.0.1; one must be free
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port left in TIME_WAIT is free
+            try:
+                s.bind(address)
+                return
+            except OSError as e:
+                errors.append(e.strerror)
+    raise Dream3DError(f"cannot serve on {safe_text(host)} port {port} ({errors[0]}); is another app serving "
+                       "there? Choose another --port")
 
 
 def check_outputs(outputs: str | Path) -> None:
@@ -144,8 +148,9 @@ def check_options(a: argparse.Namespace) -> None:
     """The numeric options and the offered priors, before anything starts."""
     if a.runs_per_device < 1:
         raise Dream3DError(f"--runs-per-device must be at least 1; got {a.runs_per_device}")
-    if a.max_queue < 0:
-        raise Dream3DError(f"--max-queue must be 0 or more; got {a.max_queue}")
+    if a.max_queue < 1:
+        raise Dream3DError(f"--max-queue must be at least 1 (a run waits in line before it starts); got "
+                           f"{a.max_queue}")
     for name in ("preview_seconds", "shutdown_seconds"):
         value = getattr(a, name)
         if not 0 <= value < float("inf"):
