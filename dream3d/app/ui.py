@@ -21,11 +21,12 @@ import gradio as gr  # this module is imported only to build the UI
 from dream3d.app import forms
 from dream3d.app.jobs import DONE, STOPPED, Job, RunManager
 from dream3d.app.policy import PagePolicy
-from dream3d.app.runs import UNREADABLE, list_runs, read_losses, read_run_safely, reserve_run_dir, resolve_run
+from dream3d.app.runs import (CAPTION_TEXT, UNREADABLE, list_runs, read_losses, read_run_safely, reserve_run_dir,
+                              resolve_run)
 from dream3d.app.status import error_html, info_html, job_html
 from dream3d.app.worker import run_job
 from dream3d.config import RunConfig
-from dream3d.errors import Dream3DError
+from dream3d.errors import Dream3DError, safe_text
 from dream3d.run_folder import RunFolder, default_run_dir
 
 CSS = """
@@ -254,7 +255,8 @@ class Handlers:
         info = read_run_safely(run_dir, name)
         if info.state == UNREADABLE:
             return (error_html(f"run {info.name} is unreadable: {info.problem}"), *[None] * 7)
-        text = (f"{info.name}: {info.kind} · '{info.prompt}' · {info.method} · {info.state} at step "
+        text = (f"{info.name}: {info.kind} · '{safe_text(info.prompt, CAPTION_TEXT)}' · "
+                f"{safe_text(info.method, CAPTION_TEXT)} · {safe_text(info.state, CAPTION_TEXT)} at step "
                 f"{info.step}/{info.steps}"
                 + ("" if info.glb else " · no export yet"))
         return (info_html(text, info.state), serve(info.preview), loss_frame(read_losses(run_dir)), serve(info.glb),
