@@ -199,7 +199,7 @@ def test_user_mistakes_are_shown_in_the_page(app, page):
     page.locator("#config-editor .cm-content").fill(TINY_YAML)
     page.locator("#prior textarea").fill(str(app["outputs"] / "no-such-model"))
     page.locator("#generate-btn").click()
-    expect(status.locator(".d3-error")).to_contain_text("Error: cannot load prior", timeout=60_000)
+    expect(status.locator(".d3-error")).to_contain_text("is not offered by this app", timeout=60_000)  # --allow-prior
 
     page.locator("#prior textarea").fill("")
     page.locator("#prompt textarea").fill("a purple dog")  # not a shapes-world prompt, with the bundled prior
