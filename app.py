@@ -1,4 +1,5 @@
-"""dream3d web app: `python app.py [--host 127.0.0.1] [--port 7860] [--auth USER:PASS] [--share] [--outputs DIR]`.
+"""dream3d web app: `python app.py [--host 127.0.0.1] [--port 7860] [--auth-file FILE] [--share] [--outputs DIR]
+[--allow-prior ID_OR_PATH] [--max-steps N] [--limit KEY=MAX] ...` (`python app.py --help` lists them all).
 
 The UI lives in dream3d/app/ (see README, "Web app").
 """

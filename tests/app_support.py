@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -49,20 +50,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(outputs: Path, **create_kwargs):
-    """(demo, url): the app served on 127.0.0.1 from this process (`prevent_thread_lock`)."""
+def launch_app(outputs: Path, auth=None, **create_kwargs):
+    """(demo, url): the app served on 127.0.0.1 from this process (`prevent_thread_lock`); auth: its accounts
+    ({user: password}; default no login)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from dream3d.app.launch import create, launch_kwargs
 
     demo = create(outputs, **create_kwargs)
     port = free_port()
-    demo.launch(prevent_thread_lock=True, **launch_kwargs("127.0.0.1", port))
+    demo.launch(prevent_thread_lock=True, **launch_kwargs("127.0.0.1", port, auth))
     return demo, f"http://127.0.0.1:{port}/"
 
 
 def close_app(demo) -> None:
     demo.run_manager.shutdown()
     demo.close()
+    demo.file_server.close()
+
+
+def wait_for(cond, timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll `cond` until it is true; AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_status(run_dir: Path) -> dict:

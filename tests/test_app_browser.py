@@ -199,7 +199,7 @@ def test_user_mistakes_are_shown_in_the_page(app, page):
     page.locator("#config-editor .cm-content").fill(TINY_YAML)
     page.locator("#prior textarea").fill(str(app["outputs"] / "no-such-model"))
     page.locator("#generate-btn").click()
-    expect(status.locator(".d3-error")).to_contain_text("Error: cannot load prior", timeout=60_000)
+    expect(status.locator(".d3-error")).to_contain_text("is not offered by this app", timeout=60_000)  # --allow-prior
 
     page.locator("#prior textarea").fill("")
     page.locator("#prompt textarea").fill("a purple dog")  # not a shapes-world prompt, with the bundled prior
@@ -240,15 +240,23 @@ def test_file_server_and_loss_frame(tmp_path):
     need_gradio()
     from dream3d.app.ui import FileServer, loss_frame
 
-    serve = FileServer()
-    f = tmp_path / "model.glb"
+    outputs = tmp_path / "outputs"
+    serve = FileServer(outputs)
+    f = outputs / "run" / "model.glb"
+    f.parent.mkdir(parents=True)
     f.write_bytes(b"glTF....")
     assert serve(f) == str(f.resolve())  # under the temp folder: gradio may serve it as it is
-    assert serve(None) is None and serve(tmp_path / "missing.glb") is None
+    assert serve(None) is None and serve(outputs / "missing.glb") is None
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not a run file")
+    (f.parent / "link.png").symlink_to(secret)
+    assert serve(secret) is None and serve(f.parent / "link.png") is None  # nothing outside the runs folder
     serve.roots = []  # as for an --outputs folder outside the working directory and the temp folder
     staged = Path(serve(f))
     assert staged != f.resolve() and staged.name == "model.glb" and staged.read_bytes() == b"glTF...."
     assert staged.parent.parent == serve.staging and serve.staging.name.startswith("dream3d-app-")
+    serve.close()
+    assert not staged.exists() and serve.staging is None
 
     df = loss_frame([(i, float(i) / 2) for i in range(1, 1001)])
     assert len(df) <= 401 and df["step"].iloc[0] == 1 and df["step"].iloc[-1] == 1000

@@ -8,22 +8,13 @@ import zipfile
 
 import pytest
 
-from app_support import TINY_YAML, check_glb, run_status
+from app_support import TINY_YAML, check_glb, run_status, wait_for
 from dream3d.app import forms
 from dream3d.app.jobs import DONE, FAILED, RUNNING, STOPPED, WAITING, QueueFullError, RunManager
 from dream3d.app.launch import check_exposure, main, parse_auth
 from dream3d.app.runs import list_runs, obj_zip, reserve_run_dir, resolve_run
 from dream3d.app.worker import run_job
 from dream3d.errors import ConfigError, Dream3DError, PromptError
-
-
-def wait_for(cond, timeout=60.0, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Gate:
@@ -212,7 +203,7 @@ def test_launch_safety(capsys):
         with pytest.raises(Dream3DError, match="needs a login"):
             check_exposure(host, share, None)
     assert main(["--host", "0.0.0.0", "--outputs", "unused"]) == 2
-    assert "needs a login: add --auth USER:PASS" in capsys.readouterr().err
+    assert "needs a login: add --auth-file FILE" in capsys.readouterr().err
 
 
 def test_shutdown_stops_running_and_waiting_jobs(tmp_path):

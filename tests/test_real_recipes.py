@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -90,11 +91,13 @@ def test_generate_without_config_saves_the_sd_recipe_and_says_so(folders, tmp_pa
 
 def test_the_app_and_batch_pick_the_same_recipes(folders, tmp_path):
     from dream3d.app import forms
+    from dream3d.app.policy import PagePolicy
     from dream3d.batch.jobs import build_jobs, parse_prompts
 
-    cfg = forms.generate_config("a hamburger", "sds", str(folders["sd"]))
+    offered = PagePolicy(allowed_priors=(str(folders["sd"]),))  # python app.py --allow-prior FOLDER
+    cfg = forms.generate_config("a hamburger", "sds", str(folders["sd"]), policy=offered)
     assert (cfg.guidance.guidance_scale, cfg.render.height, cfg.steps) == (101.0, 64, 10000)
-    assert forms.method_config("vsd", str(folders["sd"])).steps == 25000  # sd-vsd
+    assert forms.method_config("vsd", str(folders["sd"]), offered).steps == 25000  # sd-vsd
     assert forms.method_config("sds", "").guidance.guidance_scale == 10.0  # configs/sds.yaml, bundled
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(f'{{"prompt": "a hamburger", "prior": "{folders["if"]}"}}\n{{"prompt": "a red cube"}}\n')
@@ -109,9 +112,13 @@ def _with(cfg, prompt):
 
 
 def test_the_generate_tab_fills_steps_and_scale_from_the_prior_kind_recipe(folders):
-    pytest.importorskip("gradio")
+    gr = pytest.importorskip("gradio")
+    from dream3d.app.policy import PagePolicy
     from dream3d.app.ui import Handlers
 
-    assert Handlers.recipe_defaults("sds", str(folders["sd"])) == (10000, 101.0)
-    assert Handlers.recipe_defaults("vsd", str(folders["sd"])) == (25000, 7.5)
-    assert Handlers.recipe_defaults("sds", "") == (1200, 10.0)
+    h = Handlers(Path("unused-outputs"), None, None, 0.5, PagePolicy((str(folders["sd"]),)))  # --allow-prior
+    assert h.recipe_defaults("sds", str(folders["sd"])) == (10000, 101.0)
+    assert h.recipe_defaults("vsd", str(folders["sd"])) == (25000, 7.5)
+    assert h.recipe_defaults("sds", "") == (1200, 10.0)
+    unchanged = Handlers(Path("unused-outputs"), None, None, 0.5).recipe_defaults("sds", str(folders["sd"]))
+    assert unchanged == (gr.skip(), gr.skip())  # not offered: the fields are left as they are

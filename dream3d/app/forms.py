@@ -1,7 +1,8 @@
 """From the page's fields to a validated RunConfig (generation and DDS editing). No gradio here.
 
 Order of precedence, lowest first: schema defaults <- configs/<method>.yaml <- the advanced editor's YAML <- the
-form fields (prior, steps, seed, guidance scale) <- the prompt (always data, never parsed).
+form fields (prior, steps, seed, guidance scale) <- the prompt (always data, never parsed). The result passes the
+operator's `PagePolicy` (offered priors, page limits, no server paths) before anything is queued.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from dream3d.app.policy import PagePolicy
 from dream3d.config import RunConfig, apply_yaml_text, load_config
-from dream3d.errors import ConfigError, PromptError
+from dream3d.errors import ConfigError, PromptError, safe_text
 from dream3d.guidance.registry import methods as guidance_methods
 from dream3d.pipeline import generation_config
 from dream3d.priors.kinds import inspect_prior
@@ -33,28 +35,23 @@ def methods() -> dict[str, Path]:
     return {name: recipe_path(spec.recipe) for name, spec in guidance_methods().items() if not spec.editing}
 
 
-def method_config(method: str, prior: str | None = "") -> RunConfig:
+def method_config(method: str, prior: str | None = "", policy: PagePolicy | None = None) -> RunConfig:
     """The recipe of `method` for `prior`: configs/<method>.yaml for the bundled prior (and shapes-world ones), the
     prior kind's recipe (`sd-<method>`, `if-<method>`: `dream3d.pipeline.generation_config`) for the others;
-    ConfigError for an unknown method, ModelLoadError for a prior that cannot be read."""
+    ConfigError for an unknown method or a prior the policy does not offer (before anything is looked up),
+    ModelLoadError for an offered prior that cannot be read."""
     table = methods()
     if method not in table:
         if method in guidance_methods():
             raise ConfigError(f"{method} edits a finished run; use the Edit tab")
-        raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(table)}")
-    prior = _prior_field(prior)
+        raise ConfigError(f"unknown method '{safe_text(method, 60)}'; choose one of {', '.join(table)}")
+    prior = (policy or PagePolicy()).prior_value(prior)
     if prior and inspect_prior(prior).kind != "shapes":
         cfg, _ = generation_config(None, [f"prior={prior}", f"guidance.method={method}"])
         return cfg
     cfg = load_config(table[method])
     cfg.guidance.method = method
     return cfg
-
-
-def _prior_field(prior: str | None) -> str:
-    """The prior form field as a config value: "" for the bundled prior (empty, bundled, shapes, default)."""
-    prior = (prior or "").strip()
-    return "" if prior.lower() in ("bundled", "shapes", "default") else prior
 
 
 def edit_defaults() -> tuple[int, float]:
@@ -70,12 +67,12 @@ def _number(value, name: str, integer: bool) -> float | int | None:
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        raise ConfigError(f"{name} must be a number, got {safe_text(repr(value), 60)}") from None
     if not math.isfinite(x):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number, got {safe_text(repr(value), 60)}")
     if integer:
         if x != int(x):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+            raise ConfigError(f"{name} must be a whole number, got {safe_text(repr(value), 60)}")
         return int(x)
     return x
 
@@ -96,23 +93,27 @@ def _apply_fields(cfg: RunConfig, steps, seed, guidance_scale) -> RunConfig:
 
 
 def generate_config(prompt: str | None, method: str = "sds", prior: str | None = "", steps=None, seed=None,
-                    guidance_scale=None, config_text: str = "") -> RunConfig:
-    """The validated RunConfig of a generation; Dream3DError (one line) for any user mistake."""
+                    guidance_scale=None, config_text: str = "", policy: PagePolicy | None = None) -> RunConfig:
+    """The validated RunConfig of a generation, within `policy` (default: the bundled prior, PAGE_LIMITS);
+    Dream3DError (one line) for any user mistake."""
+    policy = policy or PagePolicy()
     prompt = _check_prompt(prompt)
-    prior = _prior_field(prior)
-    cfg = method_config(method, prior)
+    prior = policy.prior_value(prior)
+    cfg = method_config(method, prior, policy)
     if config_text and config_text.strip():
         cfg = apply_yaml_text(cfg, config_text, "the advanced config")
         cfg.guidance.method = method
     cfg.prior = prior if prior else cfg.prior
     cfg = _apply_fields(cfg, steps, seed, guidance_scale)
-    cfg.prompt, cfg.name, cfg.edit_source = prompt, "", ""
+    cfg.prompt, cfg.name = prompt, ""
+    policy.check(cfg)
     return cfg
 
 
 def edit_config_from_form(source_dir: Path, prompt: str | None, source_prompt: str | None = "", steps=None,
-                          guidance_scale=None, config_text: str = "") -> RunConfig:
-    """The validated RunConfig of a DDS edit of the run in `source_dir`; Dream3DError for user mistakes."""
+                          guidance_scale=None, config_text: str = "", policy: PagePolicy | None = None) -> RunConfig:
+    """The validated RunConfig of a DDS edit of the run in `source_dir`, within `policy`; Dream3DError for user
+    mistakes."""
     from dream3d.pipeline import edit_config
 
     prompt = _check_prompt(prompt, "a blue cube")
@@ -122,7 +123,9 @@ def edit_config_from_form(source_dir: Path, prompt: str | None, source_prompt: s
         cfg = apply_yaml_text(cfg, config_text, "the advanced config")
         cfg.prompt, cfg.guidance.dds.source_prompt, cfg.edit_source = keep
         cfg.guidance.method, cfg.name = "dds", ""
-    return _apply_fields(cfg, steps, None, guidance_scale)
+    cfg = _apply_fields(cfg, steps, None, guidance_scale)
+    (policy or PagePolicy()).check(cfg, edit_source=cfg.edit_source)
+    return cfg
 
 
 def describe(cfg: RunConfig) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from dream3d.config import RunConfig
-from dream3d.errors import Dream3DError
+from dream3d.errors import Dream3DError, safe_text
 from dream3d.events import Event
 
 log = logging.getLogger("dream3d.app")
@@ -30,6 +30,7 @@ WAITING, STARTING, RUNNING, EXPORTING = "queued", "starting", "running", "export
 DONE, STOPPED, FAILED = "done", "stopped", "failed"
 FINAL_STATES = (DONE, STOPPED, FAILED)
 KEEP_FINISHED = 100  # finished jobs remembered (their results stay in the run folders anyway)
+ERROR_TEXT = 300  # characters of a failed job's message shown in the page
 
 
 class QueueFullError(Dream3DError):
@@ -174,10 +175,12 @@ class RunManager:
                 if not job.is_final:
                     job.state = DONE
             except Dream3DError as e:
-                job.state, job.error = FAILED, str(e).splitlines()[0] if str(e) else type(e).__name__
+                job.state, job.error = FAILED, safe_text(str(e).splitlines()[0] if str(e) else type(e).__name__,
+                                                         ERROR_TEXT)
             except Exception as e:  # noqa: BLE001 - a bug: full traceback in the server log, one line in the page
                 log.exception("run %s failed", job.run_dir)
-                job.state, job.error = FAILED, f"internal error ({type(e).__name__}: {e}); see the server log"
+                job.state, job.error = FAILED, (f"internal error ({type(e).__name__}: "
+                                                f"{safe_text(e, ERROR_TEXT)}); see the server log")
             finally:
                 job.finished = time.time()
                 job.done_event.set()
@@ -212,8 +215,9 @@ class RunManager:
                 return
         job.request_stop()
 
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop every job and the workers (waits up to `timeout` s for running jobs to save their state)."""
+    def shutdown(self, timeout: float = 30.0) -> list[Job]:
+        """Stop every job and the workers, waiting up to `timeout` s for running jobs to save their state (the
+        checkpoint, then the export); returns the jobs still busy at the bound."""
         with self._cond:
             self._closed = True
             jobs = list(self._jobs.values())
@@ -226,3 +230,4 @@ class RunManager:
         for threads in self._workers.values():
             for t in threads:
                 t.join(max(0.0, deadline - time.time()))
+        return [job for job in jobs if not job.done_event.is_set()]

@@ -20,11 +20,13 @@ import gradio as gr  # this module is imported only to build the UI
 
 from dream3d.app import forms
 from dream3d.app.jobs import DONE, STOPPED, Job, RunManager
-from dream3d.app.runs import list_runs, read_losses, read_run, reserve_run_dir, resolve_run
+from dream3d.app.policy import PagePolicy
+from dream3d.app.runs import (CAPTION_TEXT, UNREADABLE, list_runs, read_losses, read_run_safely, reserve_run_dir,
+                              resolve_run)
 from dream3d.app.status import error_html, info_html, job_html
 from dream3d.app.worker import run_job
 from dream3d.config import RunConfig
-from dream3d.errors import Dream3DError
+from dream3d.errors import Dream3DError, safe_text
 from dream3d.run_folder import RunFolder, default_run_dir
 
 CSS = """
@@ -63,10 +65,12 @@ class Panel:
 
 
 class FileServer:
-    """Paths the page may show: run files under the working directory or temp folder as they are, others as
-    copies in a staging folder (so `outputs/` never needs to be in `allowed_paths`)."""
+    """Paths the page may show: files inside the runs folder `outputs` (a link in a run folder that leads out of
+    it is not followed), those under the working directory or temp folder as they are, others as copies in a
+    staging folder (so `outputs/` never needs to be in `allowed_paths`), removed by `close`."""
 
-    def __init__(self) -> None:
+    def __init__(self, outputs: str | Path = "outputs") -> None:
+        self.outputs = Path(outputs)
         self.roots = [Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve()]
         self.staging: Path | None = None
 
@@ -74,6 +78,8 @@ class FileServer:
         if path is None or not Path(path).is_file():
             return None
         p = Path(path).resolve()
+        if not p.is_relative_to(self.outputs.resolve()):
+            return None
         if any(p.is_relative_to(r) for r in self.roots):
             return str(p)
         if self.staging is None:
@@ -83,6 +89,12 @@ class FileServer:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(p, dest)
         return str(dest)
+
+    def close(self) -> None:
+        """Remove the staged copies."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
 
 
 def loss_frame(losses: list[tuple[int, float]]):
@@ -101,11 +113,13 @@ def loss_frame(losses: list[tuple[int, float]]):
 class Handlers:
     """The page's event handlers over one runs folder, run manager and file server."""
 
-    def __init__(self, outputs: Path, manager: RunManager, serve: FileServer, poll_seconds: float) -> None:
+    def __init__(self, outputs: Path, manager: RunManager, serve: FileServer, poll_seconds: float,
+                 policy: PagePolicy | None = None) -> None:
         self.outputs = outputs
         self.manager = manager
         self.serve = serve
         self.poll_seconds = poll_seconds
+        self.policy = policy or PagePolicy()
 
     @staticmethod
     def owner_of(request: gr.Request | None) -> str:
@@ -132,7 +146,7 @@ class Handlers:
         if not RunFolder(job.run_dir).is_run():  # failed before the run folder was written
             yield status, None, loss_frame(snap["loss"]), None, None, None, None
             return
-        info = read_run(job.run_dir)
+        info = read_run_safely(job.run_dir)
         yield (status, serve(info.preview), loss_frame(snap["loss"]), serve(info.glb), serve(info.obj_zip),
                serve(info.config), serve(info.video))
 
@@ -160,7 +174,8 @@ class Handlers:
                  request: gr.Request = None) -> Iterator[tuple]:
         """Start a generation and stream its progress; ends with the result files (GLB, OBJ zip, config, video)."""
         try:
-            cfg = forms.generate_config(prompt, method, prior, steps, seed, guidance_scale, config_text)
+            cfg = forms.generate_config(prompt, method, prior, steps, seed, guidance_scale, config_text,
+                                        self.policy)
             job = self.start("generate", cfg, request)
         except Dream3DError as e:
             yield self.failed(str(e))
@@ -175,7 +190,7 @@ class Handlers:
             if not source:
                 raise Dream3DError("choose the run to edit (the list holds finished runs; refresh it if needed)")
             cfg = forms.edit_config_from_form(resolve_run(self.outputs, source), prompt, source_prompt, steps,
-                                              guidance_scale, config_text)
+                                              guidance_scale, config_text, self.policy)
             job = self.start("edit", cfg, request)
         except Dream3DError as e:
             yield self.failed(str(e))
@@ -192,22 +207,22 @@ class Handlers:
                 manager.stop(job)
         return stop
 
-    @staticmethod
-    def check_config(method: str, prior: str | None, steps: float | None, seed: float | None,
+    def check_config(self, method: str, prior: str | None, steps: float | None, seed: float | None,
                      guidance_scale: float | None, config_text: str | None) -> str:
-        """Validate the generation settings against the schema (the prompt is not needed)."""
+        """Validate the generation settings against the schema and the page policy (the prompt is not needed)."""
         try:
-            cfg = forms.generate_config("a red cube", method, prior, steps, seed, guidance_scale, config_text)
+            cfg = forms.generate_config("a red cube", method, prior, steps, seed, guidance_scale, config_text,
+                                        self.policy)
         except Dream3DError as e:
             return error_html(str(e))
         return info_html(f"config OK: {forms.describe(cfg)}", "ok")
 
-    @staticmethod
-    def recipe_defaults(method: str, prior: str = "") -> tuple[Any, Any]:
+    def recipe_defaults(self, method: str, prior: str = "") -> tuple[Any, Any]:
         """(steps, guidance scale) of the recipe `method` takes for `prior` (`forms.method_config`: the prior
-        kind's recipe); both left as they are for an unknown method or a prior that cannot be read."""
+        kind's recipe); both left as they are for an unknown method or a prior that is not offered or cannot be
+        read."""
         try:
-            cfg = forms.method_config(method, prior)
+            cfg = forms.method_config(method, prior, self.policy)
         except Dream3DError:
             return gr.skip(), gr.skip()
         return cfg.steps, cfg.guidance.guidance_scale
@@ -237,8 +252,11 @@ class Handlers:
             run_dir = resolve_run(self.outputs, name)
         except Dream3DError as e:
             return error_html(str(e)), None, None, None, None, None, None, None
-        info = read_run(run_dir, name)
-        text = (f"{info.name}: {info.kind} · '{info.prompt}' · {info.method} · {info.state} at step "
+        info = read_run_safely(run_dir, name)
+        if info.state == UNREADABLE:
+            return (error_html(f"run {info.name} is unreadable: {info.problem}"), *[None] * 7)
+        text = (f"{info.name}: {info.kind} · '{safe_text(info.prompt, CAPTION_TEXT)}' · "
+                f"{safe_text(info.method, CAPTION_TEXT)} · {safe_text(info.state, CAPTION_TEXT)} at step "
                 f"{info.step}/{info.steps}"
                 + ("" if info.glb else " · no export yet"))
         return (info_html(text, info.state), serve(info.preview), loss_frame(read_losses(run_dir)), serve(info.glb),
@@ -314,15 +332,20 @@ def panel(prefix: str) -> Panel:
     return Panel(status, preview, loss, model, video, glb, obj, config)
 
 
-def generate_tab(method_names: list[str]) -> GenerateTab:
-    """The Generate tab: prompt, method, prior, steps, seed, guidance scale, YAML editor, buttons, and its panel."""
+def generate_tab(method_names: list[str], policy: PagePolicy) -> GenerateTab:
+    """The Generate tab: prompt, method, prior (the operator's offer), steps, seed, guidance scale, YAML editor,
+    buttons, and its panel."""
     with gr.Tab("Generate", id="generate"):
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", placeholder="a red cube", elem_id="prompt")
-                method = gr.Dropdown(choices=method_names, value="sds", label="Method", elem_id="method")
-                prior = gr.Textbox(label="Prior", placeholder="bundled (leave empty), or a hub id or a "
-                                   "local diffusers folder", elem_id="prior")
+                # custom values reach forms (one line for an unknown method); Gradio would quote one whole
+                method = gr.Dropdown(choices=method_names, value="sds", label="Method", elem_id="method",
+                                     allow_custom_value=True)
+                offer = ", ".join(policy.allowed_priors)
+                prior = gr.Textbox(label="Prior", placeholder="bundled (leave empty)" + (f", or one of: {offer}"
+                                                                                         if offer else ""),
+                                   elem_id="prior")
                 with gr.Row():
                     sds_defaults = forms.method_config("sds")
                     steps = gr.Number(value=sds_defaults.steps, precision=0, label="Steps", elem_id="steps")
@@ -423,19 +446,23 @@ def wire_gallery(tab: GalleryTab, h: Handlers, refresh: Any, refresh_outputs: li
                                                shown.obj, shown.config, shown.video], api_name="open_run")
 
 
+CACHE_SECONDS = 86400  # files the page was given stay in Gradio's cache this long (all removed at shutdown)
+
+
 def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None,
-              poll_seconds: float = 0.5) -> gr.Blocks:
+              poll_seconds: float = 0.5, policy: PagePolicy | None = None) -> gr.Blocks:
     """The Blocks (not launched). `outputs`: the runs folder; `manager`: the run manager (default: one run per
-    device, 8 waiting)."""
+    device, 8 waiting); `policy`: offered priors and page limits (default: the bundled prior, PAGE_LIMITS)."""
     outputs = Path(outputs)
     manager = manager or RunManager(run_job)
-    h = Handlers(outputs, manager, FileServer(), poll_seconds)
+    policy = policy or PagePolicy()
+    h = Handlers(outputs, manager, FileServer(outputs), poll_seconds, policy)
     method_table = forms.methods()
 
-    with gr.Blocks(title="dream3d", analytics_enabled=False) as demo:
+    with gr.Blocks(title="dream3d", analytics_enabled=False, delete_cache=(3600, CACHE_SECONDS)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
-            gen = generate_tab(list(method_table))
+            gen = generate_tab(list(method_table), policy)
             ed = edit_tab()
             gal = gallery_tab()
 
@@ -448,6 +475,7 @@ def build_app(outputs: str | Path = "outputs", manager: RunManager | None = None
         wire_gallery(gal, h, refresh, refresh_outputs)
         demo.load(refresh, outputs=refresh_outputs, **PRIVATE)
     demo.run_manager = manager  # for tests and shutdown
+    demo.file_server = h.serve  # its staged copies are removed at shutdown
     return demo
 
 

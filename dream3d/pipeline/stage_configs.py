@@ -88,6 +88,13 @@ def mesh_stage_config(source: str | Path, config: str | Path | None = None, over
         raise Dream3DError(f"{source} is a {src.stage} run; dream3d refine starts from a NeRF run")
     if not run.has_checkpoint():
         raise Dream3DError(f"{source} has no checkpoint yet; finish (or resume) the NeRF run first")
+    return mesh_stage_of(src, str(run.path.resolve()), config, overrides, steps)
+
+
+def mesh_stage_of(src: RunConfig, init_from: str, config: str | Path | None = None, overrides: list[str] = (),
+                  steps: int | None = None) -> RunConfig:
+    """The mesh-stage RunConfig of a NeRF run with config `src` whose folder is `init_from` (the folder is not
+    read: the app checks a two-stage recipe's second stage with it before the first one runs)."""
     recipe = config_file(config) if config else recipe_path("mesh")
     over = [*src.mesh.refine_overrides, *overrides, "mesh.refine_steps=0", "mesh.refine_overrides=[]"]
     if steps is not None:
@@ -95,7 +102,7 @@ def mesh_stage_config(source: str | Path, config: str | Path | None = None, over
     elif src.mesh.refine_steps > 0:
         over.append(f"steps={src.mesh.refine_steps}")
     base = load_config(None, [], base=src)
-    base.stage, base.init_from, base.name = "mesh", str(run.path.resolve()), ""
+    base.stage, base.init_from, base.name = "mesh", init_from, ""
     return load_config(recipe, over, base=base)
 
 
