@@ -38,7 +38,7 @@ def export_run(run: RunFolder | str | Path, formats: list[str] | None = None, re
     t0 = time.time()
     with torch.no_grad():
         result = get_stage(cfg.stage).export(renderer, run.export, list(formats or e.formats),
-                                             resolution or e.resolution, texture_size or e.texture_size)
+                                             resolution or e.resolution, texture_size or e.texture_size, cfg=cfg)
     log(f"exported {', '.join(p.name for p in result['files'].values())} in {time.time() - t0:.1f} s "
         f"({result['stats']['faces']} faces)")
     if e.turntable if turntable is None else turntable:
