@@ -1,8 +1,8 @@
 """Export of a Gaussian-stage renderer: Gaussians -> density grid -> automatic level -> mesh -> UV atlas -> baked
 (and optionally refined) texture -> .glb / .obj, plus the Gaussians themselves as a 3DGS `.ply`.
 
-1. **Density grid.** The cloud's field Σ_i o_i exp(−½ dᵀ Σ_i⁻¹ d) (`GaussianCloud.field`: local, blocked
-   evaluation) at the vertices of a resolution^3 grid over the box.
+1. **Density grid.** The cloud's field Σ_i o_i exp(−½ dᵀ Σ_i⁻¹ d) at the vertices of a resolution^3 grid over the
+   box, and its density-weighted colour (`GaussianCloud.density_grid`: each Gaussian evaluated within 3σ only).
 2. **Level.** As the NeRF export (`dream3d.export.level`): the τ whose solid {σ > τ} has the silhouettes the
    renderer shows, i.e. maximising the IoU of {max σ along the ray > τ} with {rendered opacity > 0.5} over the
    pixels of 16 views (8 azimuths at elevations 0 and 40 degrees). Here the opacity is the splatted alpha
@@ -11,7 +11,7 @@
 3. **Mesh.** Marching cubes, floaters (components below `min_component_fraction` of the largest's area)
    removed, smoothing, decimation (`dream3d.export.surface.surface_from_grid`).
 4. **Texture.** xatlas atlas and the density-weighted colour of the Gaussians at each texel's surface point
-   (`bake_albedo` "surface" mode), then an optional refinement of the texture (`refine`; the Gaussian stage's
+   (`GridColour`, `bake_albedo` "surface" mode), then an optional refinement of the texture (`refine`; the Gaussian stage's
    fits it to the Gaussian renders through the mesh rasterizer: `dream3d.stages.gaussian_texture`).
 """
 
@@ -31,17 +31,26 @@ from dream3d.errors import Dream3DError
 from dream3d.export.fields import DEFAULT_CHUNK
 from dream3d.export.gaussian_ply import GAUSSIANS_PLY, write_gaussian_ply
 from dream3d.export.level import LevelChoice, level_from_rays
-from dream3d.export.surface import Surface, surface_from_grid, vertex_grid_points
+from dream3d.export.surface import Surface, surface_from_grid
 from dream3d.export.textured import check_export_args, write_textured
 from dream3d.export.uv import UVMesh
 
 
-def gaussian_density_grid(cloud, resolution: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """The cloud's density at the (R+1)^3 vertices of a resolution^3 grid over its box, indexed [x, y, z]."""
-    pts = vertex_grid_points(resolution, cloud.bound).reshape(-1, 3)
-    device = cloud.means.device
-    values = torch.cat([cloud.density(p.to(device)).cpu() for p in pts.split(chunk)])
-    return values.reshape((resolution + 1,) * 3)
+class GridColour:
+    """The Gaussians' colour at any point, from their grids (`GaussianCloud.density_grid`): the trilinear
+    interpolant of Σ w_i c_i divided by that of Σ w_i (mid grey where both vanish). What the baker queries."""
+
+    def __init__(self, density: torch.Tensor, weighted_colour: torch.Tensor, bound: float) -> None:
+        grid = torch.cat([weighted_colour, density[..., None]], -1).float().cpu()  # (n,n,n,4) [x,y,z]
+        self.volume = grid.permute(3, 2, 1, 0)[None]  # (1,4,Z,Y,X): grid_sample reads (x,y,z) as (W,H,D)
+        self.bound = float(bound)
+
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        """(P,3) in [0,1] at points (P,3) world units."""
+        coords = (points.float().cpu() / self.bound).reshape(1, 1, 1, -1, 3)
+        v = F.grid_sample(self.volume, coords, mode="bilinear", padding_mode="border", align_corners=True)
+        v = v.reshape(4, -1).T
+        return torch.where(v[:, 3:] > 1e-8, v[:, :3] / v[:, 3:].clamp_min(1e-8), torch.full_like(v[:, :3], 0.5))
 
 
 def level_cameras() -> Cameras:
@@ -82,24 +91,24 @@ def silhouette_level(renderer, grid: torch.Tensor, size: int = 64) -> LevelChoic
 
 def extract_gaussian_surface(renderer, resolution: int = 128, level: float | None = None,
                              min_component_fraction: float = 0.05, smooth_iterations: int = 3,
-                             max_faces: int = 30000) -> Surface:
+                             max_faces: int = 30000) -> tuple[Surface, GridColour]:
     """Steps 1-3 of the module doc: the closed outward mesh of the Gaussians' density at the automatic (or given)
-    level. Raises `Dream3DError` when the cloud shows nothing."""
+    level, and their colour field for baking. Raises `Dream3DError` when the cloud shows nothing."""
     cloud = renderer.geometry
     t0 = time.perf_counter()
-    grid = gaussian_density_grid(cloud, resolution)
-    if not grid.max() > 0:
+    density, colour = (t.cpu() for t in cloud.density_grid(resolution))
+    if not density.max() > 0:
         raise Dream3DError("cannot export: the Gaussians' density is zero everywhere in the box")
     t1 = time.perf_counter()
     stats: dict = {}
     if level is None:
-        choice = silhouette_level(renderer, grid)
+        choice = silhouette_level(renderer, density)
         level, stats["silhouette_iou"] = choice.level, choice.silhouette_iou
     t2 = time.perf_counter()
-    surface = surface_from_grid(grid, level, cloud.bound, min_component_fraction=min_component_fraction,
+    surface = surface_from_grid(density, level, cloud.bound, min_component_fraction=min_component_fraction,
                                 smooth_iterations=smooth_iterations, max_faces=max_faces)
-    surface.stats.update(stats, density_queries=int(grid.numel()), time_density_s=t1 - t0, time_level_s=t2 - t1)
-    return surface
+    surface.stats.update(stats, time_density_s=t1 - t0, time_level_s=t2 - t1)
+    return surface, GridColour(density, colour, cloud.bound)
 
 
 def export_gaussians(renderer, out_dir: str | os.PathLike, formats=("glb", "obj"), resolution: int = 128,
@@ -114,10 +123,11 @@ def export_gaussians(renderer, out_dir: str | os.PathLike, formats=("glb", "obj"
     formats = check_export_args(formats, texture_size)
     cloud = renderer.geometry
     t0 = time.perf_counter()
-    surface = extract_gaussian_surface(renderer, resolution, level, min_component_fraction, max_faces=max_faces)
+    surface, colour = extract_gaussian_surface(renderer, resolution, level, min_component_fraction,
+                                               max_faces=max_faces)
     t1 = time.perf_counter()
-    files, mesh, write_stats = write_textured(cloud, surface.vertices, surface.faces, surface.normals, out_dir,
-                                              formats, texture_size, uv_padding, name, cloud.means.device, chunk,
+    files, mesh, write_stats = write_textured(colour, surface.vertices, surface.faces, surface.normals, out_dir,
+                                              formats, texture_size, uv_padding, name, torch.device("cpu"), chunk,
                                               bake_mode="surface", refine=refine)
     files["ply"] = write_gaussian_ply(os.path.join(out_dir, GAUSSIANS_PLY), cloud)
     stats = dict(surface.stats)

@@ -5,7 +5,7 @@ Each Gaussian i has a mean μ_i (world units), log standard deviations along its
 (w, x, y, z; normalised when used), an opacity logit and a colour: `sigmoid` (RGB = sigmoid(feature)) or `sh`
 (spherical harmonics of degree 0 or 1 in the 3DGS convention: RGB = max(0, 0.5 + C0·dc + degree-1 terms)).
 Its density in space is o_i·exp(−½ (x − μ_i)ᵀ Σ_i⁻¹ (x − μ_i)) with Σ_i = R S Sᵀ Rᵀ; the field of the cloud is the
-sum (`field`, evaluated locally: only Gaussians within 3σ of a block of points), which the export meshes.
+sum, which the export meshes (`density_grid`: evaluated locally, each Gaussian on the grid vertices within 3σ).
 
 The Gaussian count changes during training (`densify_and_prune`): the parameters keep their identity (their
 `.data` is replaced), so an optimizer built once keeps working; its Adam moments are edited row by row with the
@@ -146,62 +146,45 @@ class GaussianCloud(nn.Module):
 
     # --- the density field --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def field(self, points: torch.Tensor, blocks: int = 16, min_opacity: float = 0.005,
-              max_pairs: int = 1 << 23) -> tuple[torch.Tensor, torch.Tensor]:
-        """Density Σ_i o_i exp(−½ d_iᵀ Σ_i⁻¹ d_i) (P,) and the density-weighted base colour (P,3) at points (P,3).
+    def density_grid(self, resolution: int, min_opacity: float = 0.005,
+                     max_points: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:
+        """The density Σ_i o_i exp(−½ d_iᵀ Σ_i⁻¹ d_i) at the vertices of a resolution^3 grid over the box,
+        (R+1,R+1,R+1) indexed [x, y, z], and the density-weighted base colour Σ_i w_i c_i there (R+1,R+1,R+1,3).
 
-        Local evaluation: the box is cut into blocks^3 cubes; a cube's points see only the Gaussians whose 3σ
-        bounding box (3 · their largest standard deviation) meets the cube, and only within 3σ (Mahalanobis
-        distance 3). Gaussians below `min_opacity` are skipped. max_pairs bounds (point, Gaussian) pairs per batch.
+        Local evaluation: each Gaussian adds to the grid vertices inside its 3σ bounding box (3 · its largest
+        standard deviation) and within Mahalanobis distance 3; Gaussians below `min_opacity` are skipped.
+        Gaussians are processed in groups whose boxes have the same side, max_points (Gaussian, vertex) pairs at
+        a time. float32, on the cloud's device.
         """
-        pts = points.float()
+        b, n1 = self.bound, resolution + 1
+        h = 2.0 * b / resolution
         keep = self.opacities > min_opacity
         mu, opa = self.means[keep].float(), self.opacities[keep].float()
         inv = quaternion_to_rotation(self.quats[keep]).float() / self.scales[keep].float()[:, None, :]  # R S⁻¹
         rgb = self.base_colors()[keep].float()
-        reach = 3.0 * self.scales[keep].float().amax(-1)  # (G,)
-        density = pts.new_zeros(pts.shape[0])
-        colour = pts.new_zeros(pts.shape[0], 3)
-        if mu.shape[0] == 0 or pts.shape[0] == 0:
-            return density, colour.fill_(0.5)
-        size = 2.0 * self.bound / blocks
-
-        def cell(x: torch.Tensor) -> torch.Tensor:
-            return ((x + self.bound) / size).floor().clamp(0, blocks - 1).long()
-
-        pcell = cell(pts)
-        key = (pcell[:, 0] * blocks + pcell[:, 1]) * blocks + pcell[:, 2]
-        order = torch.argsort(key)
-        keys, counts = torch.unique_consecutive(key[order], return_counts=True)
-        lo_cell, hi_cell = cell(mu - reach[:, None]), cell(mu + reach[:, None])  # (G,3) cube ranges
-        start = 0
-        for k, c in zip(keys.tolist(), counts.tolist()):
-            idx = order[start:start + c]
-            start += c
-            b = torch.tensor([k // (blocks * blocks), (k // blocks) % blocks, k % blocks])
-            near = ((lo_cell <= b) & (hi_cell >= b)).all(-1).nonzero()[:, 0]
-            if near.numel() == 0:
-                continue
-            step = max(1, max_pairs // max(1, near.numel()))
-            for s in range(0, c, step):
-                sub = idx[s:s + step]
-                d = pts[sub][:, None, :] - mu[near][None]  # (p,g,3)
-                local = torch.einsum("pgi,gij->pgj", d, inv[near])
-                m = local.square().sum(-1)
-                w = torch.where(m < 9.0, opa[near][None] * torch.exp(-0.5 * m), torch.zeros_like(m))
-                density[sub] = w.sum(1)
-                colour[sub] = w @ rgb[near]
-        colour = torch.where(density[:, None] > 1e-12, colour / density[:, None].clamp_min(1e-12),
-                             torch.full_like(colour, 0.5))
-        return density, colour
-
-    def density(self, points: torch.Tensor) -> torch.Tensor:
-        """(P,) the Gaussians' density field at points (P,3) (`field`)."""
-        return self.field(points)[0]
-
-    def albedo(self, points: torch.Tensor) -> torch.Tensor:
-        """(P,3) the density-weighted base colour of the Gaussians near points (P,3) (`field`)."""
-        return self.field(points)[1]
+        reach = 3.0 * self.scales[keep].float().amax(-1, keepdim=True)
+        lo = torch.ceil((mu - reach + b) / h).clamp(0, resolution).long()
+        hi = torch.floor((mu + reach + b) / h).clamp(-1, resolution).long()
+        side = (hi - lo + 1).clamp_min(0).amax(-1)  # (G,) vertices per axis of the box (its largest extent)
+        density = mu.new_zeros(n1 ** 3)
+        colour = mu.new_zeros(n1 ** 3, 3)
+        for k in torch.unique(side[side > 0]).tolist():
+            group = (side == k).nonzero()[:, 0]
+            r = torch.arange(k, device=mu.device)
+            offsets = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)  # (k^3,3)
+            per = max(1, max_points // offsets.shape[0])
+            for s in range(0, group.shape[0], per):
+                g = group[s:s + per]
+                idx = lo[g][:, None, :] + offsets[None]  # (g,k^3,3)
+                inside = (idx <= hi[g][:, None, :]).all(-1)
+                idx = idx.clamp_max(resolution)
+                d = idx.float() * h - b - mu[g][:, None, :]
+                m = torch.einsum("gpi,gij->gpj", d, inv[g]).square().sum(-1)
+                w = torch.where(inside & (m < 9.0), opa[g][:, None] * torch.exp(-0.5 * m), torch.zeros_like(m))
+                flat = ((idx[..., 0] * n1 + idx[..., 1]) * n1 + idx[..., 2]).reshape(-1)
+                density.index_add_(0, flat, w.reshape(-1))
+                colour.index_add_(0, flat, (w[..., None] * rgb[g][:, None, :]).reshape(-1, 3))
+        return density.reshape(n1, n1, n1), colour.reshape(n1, n1, n1, 3)
 
     # --- changing the count -------------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,

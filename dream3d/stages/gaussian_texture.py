@@ -27,12 +27,12 @@ def refine_cameras(n: int) -> Cameras:
 
 
 def refine_texture(renderer, mesh: UVMesh, texture: np.ndarray, steps: int, views: int = 16, size: int = 128,
-                   lr: float = 0.02) -> tuple[np.ndarray, dict]:
+                   lr: float = 0.01) -> tuple[np.ndarray, dict]:
     """Fit the texture (T,T,3) uint8 of `mesh` by Adam so that the mesh rasterized (`dream3d.render.rasterize`)
-    from `views` views at size² shows the colours the Gaussians render there (module doc): L1 over the
-    pixels the mesh covers where the Gaussians' opacity exceeds 0.5, against their colour A/a. Texels no view
-    sees keep their baked value; gutters are refilled afterwards. Returns (texture, {texture_refine_l1_before,
-    texture_refine_l1_after, texture_refine_pixels})."""
+    from `views` views at size² shows the colours the Gaussians render there (module doc): the mean squared
+    error over the pixels the mesh covers where the Gaussians' opacity exceeds 0.5, against their colour A/a; the
+    texture of the lowest error is kept. Texels no view sees keep their baked value; gutters are refilled
+    afterwards. Returns (texture, {texture_refine_mse_before, texture_refine_mse_after, texture_refine_pixels})."""
     cams = refine_cameras(views)
     with torch.no_grad():
         out = renderer.render_chunked(cams.to(renderer.device), size, size, shading="albedo", with_normal=False,
@@ -50,25 +50,26 @@ def refine_texture(renderer, mesh: UVMesh, texture: np.ndarray, steps: int, view
     tex = torch.nn.Parameter(torch.from_numpy(texture).float().div(255.0).permute(2, 0, 1)[None].contiguous())
     opt = torch.optim.Adam([tex], lr=lr)
 
-    def l1() -> torch.Tensor:
+    def error() -> torch.Tensor:
         pred = F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return (pred[0, :, 0].T - target).abs().mean()
+        return (pred[0, :, 0].T - target).square().mean()
 
-    with torch.no_grad():
-        before = float(l1())
     with torch.enable_grad():  # exports run under no_grad
+        before = best = float(error().detach())
+        best_tex = tex.detach().clone()
         for _ in range(steps):
-            loss = l1()
+            loss = error()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
                 tex.clamp_(0.0, 1.0)
-    with torch.no_grad():
-        after = float(l1())
-    image = tex.detach()[0].permute(1, 2, 0).numpy().astype(np.float64)
+                now = float(error())
+                if now < best:
+                    best, best_tex = now, tex.detach().clone()
+    image = best_tex[0].permute(1, 2, 0).numpy().astype(np.float64)
     covered = rasterize_uv(mesh.uvs, mesh.faces, texture.shape[0], texture.shape[1])[0] >= 0
     image = fill_empty(image, covered)
     refined = np.round(np.clip(image, 0, 1) * 255.0).astype(np.uint8)
-    return refined, {"texture_refine_l1_before": before, "texture_refine_l1_after": after,
+    return refined, {"texture_refine_mse_before": before, "texture_refine_mse_after": best,
                      "texture_refine_pixels": int(target.shape[0])}
