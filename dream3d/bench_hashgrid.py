@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import torch
 
+from . import native
 from .encoding import HashGridEncoding
 from .encoding.backends import tcnn_available
-from .encoding import extension
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
@@ -45,10 +45,10 @@ def _median_time(fn: Callable[[], object], timer, budget_s: float = 4.0, max_rep
 def available_backends(device: torch.device) -> list[str]:
     """Backends that can run on `device`, the torch reference first."""
     names = ["torch"]
-    if device.type == "cpu" and extension.load("cpu") is not None:
+    if device.type == "cpu" and native.load("hashgrid", "cpu") is not None:
         names.append("cpp")
     if device.type == "cuda":
-        if extension.load("cuda") is not None:
+        if native.load("hashgrid", "cuda") is not None:
             names.append("cuda")
         if tcnn_available():
             names.append("tcnn")

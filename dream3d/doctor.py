@@ -10,7 +10,7 @@ and a one-line verdict:
 - `FAIL`: a backend named with `--require` is missing or broken.
 
 Exit status (`run_doctor`): 0 for OK and DEGRADED, `EXIT_REQUIRED_MISSING` (1) for FAIL. Building a kernel for
-the first time takes about a minute (it is cached afterwards, see dream3d.encoding.extension).
+the first time takes about a minute (it is cached afterwards, see dream3d.native).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from dream3d import native
 from dream3d.encoding import backends as hashgrid
-from dream3d.encoding import extension
 from dream3d.errors import Dream3DError
 
 REQUIRABLE = ("cpp", "cuda", "tcnn", "nerfacc", "nvdiffrast")
@@ -197,7 +197,7 @@ def diagnose() -> Diagnosis:
     else:
         rows.append(("auto on cuda", "no CUDA device"))
     rows += [("cpp kernel", p["cpp"].detail), ("cuda kernel", p["cuda"].detail), ("tinycudann", p["tcnn"].detail),
-             ("sources", str(extension.source_dir()))]
+             ("sources", str(native.source_dir("hashgrid")))]
     d.sections.append(("hash grid (geometry.encoding_backend=auto)", rows))
 
     for piece, key, name, fallback in (("ray marching", "render.backend", "nerfacc", "the torch marcher"),
@@ -212,9 +212,9 @@ def diagnose() -> Diagnosis:
         rows.append((name, p[name].detail))
         d.sections.append((f"{piece} ({key}=auto)", rows))
 
-    where, free = _cache_free(extension.cache_dir())
+    where, free = _cache_free(native.cache_dir())
     d.cache_free_bytes = free
-    shown = str(extension.cache_dir()) + ("" if where == extension.cache_dir() else f" (not created yet; on {where})")
+    shown = str(native.cache_dir()) + ("" if where == native.cache_dir() else f" (not created yet; on {where})")
     d.sections.append(("kernel cache", [("folder", shown), ("free", f"{free / _GIB:.1f} GiB")]))
     if free < LOW_DISK_BYTES:
         d.fallbacks.append(Fallback(f"only {free / 2**20:.0f} MiB are free for the kernel cache",

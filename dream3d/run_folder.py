@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +41,7 @@ from dream3d.config import RunConfig, first_difference, load_config, save_config
 from dream3d.errors import Dream3DError, safe_text
 from dream3d.export.gaussian_ply import GAUSSIANS_PLY
 from dream3d.fileio import slugify, write_json_atomic
+from dream3d.lockfile import LockBusy, describe_owner, describe_takeover, held, now_utc
 from dream3d.render.protocol import Renderer
 from dream3d.stages import build_renderer
 from dream3d.system import resolve_device
@@ -50,16 +50,6 @@ PREVIEW_GLOB = "step_*.png"
 MARKER_FILE = ".dream3d-run.json"
 LOCK_FILE = ".lock"
 log = logging.getLogger("dream3d")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -190,7 +180,7 @@ class RunFolder:
         """Create the folder, mark it as a dream3d run and write the resolved config.yaml."""
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.is_marked():
-            write_json_atomic(self.marker, {"dream3d_run": 1, "created": _now()})
+            write_json_atomic(self.marker, {"dream3d_run": 1, "created": now_utc()})
         save_config(cfg, self.config)
 
     # --- output checks -----------------------------------------------------------------------------------------
@@ -255,44 +245,20 @@ class RunFolder:
         """Hold the run's lock file while `command` writes the run; Dream3DError naming the owner when another
         process holds it. A lock left by a process that is gone is taken over (one warning line). When `command`
         fails before writing anything, the folder it would have filled is removed again."""
-        import fcntl
-
         self.path.mkdir(parents=True, exist_ok=True)
-        fh = open(self.lock_file, "a+", encoding="utf-8")
         try:
-            fh.seek(0)
-            try:
-                owner = json.loads(fh.read() or "{}")
-            except ValueError:
-                owner = {}
-            owner = owner if isinstance(owner, dict) else {}
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Dream3DError(f"{safe_text(self.path)} is in use by {safe_text(owner.get('command', 'dream3d'))} "
-                                   f"(pid {safe_text(owner.get('pid', '?'))} on {safe_text(owner.get('host', '?'))}"
-                                   f" since {safe_text(owner.get('since', '?'))}); wait for it or stop it") from None
-            if owner.get("pid"):
-                same_host = owner.get("host") == socket.gethostname()
-                gone = "no longer running" if same_host and not _pid_alive(int(owner["pid"])) else "not holding it"
-                log.warning("took over the lock of %s left by pid %s on %s (%s)", safe_text(self.path),
-                            safe_text(owner["pid"]), safe_text(owner.get("host", "?")), gone)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-                                 "since": _now()}))
-            fh.flush()
-            try:
-                yield
-            except BaseException:
-                self._remove_if_unused()
-                raise
-            finally:
-                fh.seek(0)
-                fh.truncate()
-                fh.flush()
-        finally:
-            fh.close()  # closing drops the lock
+            with held(self.lock_file, {"command": command}) as previous:
+                if previous:
+                    log.warning("took over the lock of %s left by %s (%s)", safe_text(self.path),
+                                describe_owner(previous), describe_takeover(previous))
+                try:
+                    yield
+                except BaseException:
+                    self._remove_if_unused()
+                    raise
+        except LockBusy as busy:
+            raise Dream3DError(f"{safe_text(self.path)} is in use by {safe_text(busy.owner.get('command', 'dream3d'))} "
+                               f"({describe_owner(busy.owner)}); wait for it or stop it") from None
 
     def _remove_if_unused(self) -> None:
         """Remove the folder when it holds nothing but its lock file (a command that failed before writing)."""
@@ -310,7 +276,7 @@ class RunFolder:
 
     def write_status(self, state: str, **fields: Any) -> None:
         """Atomically write status.json: `state`, the given fields and the UTC time."""
-        data = {"state": state, **fields, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        data = {"state": state, **fields, "updated": now_utc()}
         write_json_atomic(self.status, data)
 
     def load_renderer(self, device: str | None = None) -> tuple[RunConfig, Renderer]:
@@ -322,10 +288,6 @@ class RunFolder:
         tensors, _ = load_checkpoint(self.checkpoint)
         load_module_tensors("renderer", renderer, tensors, source=self.checkpoint)
         return cfg, renderer.to(resolve_device(device or cfg.device)).eval()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def default_run_dir(cfg: RunConfig, root: str | Path = "outputs") -> RunFolder:

@@ -14,7 +14,8 @@ import torch
 
 from dream3d import doctor
 from dream3d.cli import main
-from dream3d.encoding import backends, extension
+from dream3d import native
+from dream3d.encoding import backends
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()
@@ -52,16 +53,16 @@ GRID = "hash grid (geometry.encoding_backend=auto)"
 
 @pytest.fixture
 def fresh_checks():
-    if extension.extensions_disabled():
+    if native.extensions_disabled():
         pytest.skip("DREAM3D_NO_EXT is set")
-    assert extension.load("cpu") is not None, extension.load_error("cpu")
+    assert native.load("hashgrid", "cpu") is not None, native.load_error("hashgrid", "cpu")
     backends.reset_self_checks()
-    yield extension.load("cpu")
+    yield native.load("hashgrid", "cpu")
     backends.reset_self_checks()
 
 
 def test_doctor_with_the_kernels_built():
-    if extension.extensions_disabled():
+    if native.extensions_disabled():
         pytest.skip("DREAM3D_NO_EXT is set")
     done = run_cli("--require", "cpp")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from dream3d import native
 from dream3d.encoding import HashGridEncoding, LevelInfo, hash_coords, hashgrid_torch, level_table, n_params
-from dream3d.encoding import extension
 from dream3d.encoding.backends import resolve_backend
 from dream3d.errors import Dream3DError
 
@@ -25,10 +25,10 @@ SMALL = dict(n_levels=6, log2_hashmap_size=12, base_resolution=4, per_level_scal
 @pytest.fixture(scope="module")
 def cpp_ext():
     """The built C++ kernel (built once per machine and cached); a failed build is a test failure."""
-    if extension.extensions_disabled():
+    if native.extensions_disabled():
         pytest.skip("DREAM3D_NO_EXT is set")
-    ext = extension.load("cpu")
-    assert ext is not None, f"C++ hash-grid kernel did not build: {extension.load_error('cpu')}"
+    ext = native.load("hashgrid", "cpu")
+    assert ext is not None, f"C++ hash-grid kernel did not build: {native.load_error('hashgrid', 'cpu')}"
     return ext
 
 
@@ -277,7 +277,7 @@ def test_auto_picks_cpp_on_cpu(cpp_ext):
 
 def test_fallback_when_extensions_disabled(monkeypatch):
     monkeypatch.setenv("DREAM3D_NO_EXT", "1")
-    extension.reset()
+    native.reset()
     try:
         assert resolve_backend("auto", torch.device("cpu")) == "torch"
         with pytest.raises(Dream3DError, match="DREAM3D_NO_EXT"):
@@ -286,15 +286,15 @@ def test_fallback_when_extensions_disabled(monkeypatch):
         assert enc(torch.rand(10, 3)).shape == (10, 12)
     finally:
         monkeypatch.delenv("DREAM3D_NO_EXT")
-        extension.reset()
+        native.reset()
 
 
 def test_failed_build_logs_once_and_falls_back(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("DREAM3D_EXT_SRC", str(tmp_path))  # no sources there
-    extension.reset()
+    native.reset()
     try:
         with caplog.at_level(logging.INFO, logger="dream3d"):
-            assert extension.load("cpu") is None and extension.load("cpu") is None
+            assert native.load("hashgrid", "cpu") is None and native.load("hashgrid", "cpu") is None
             enc = HashGridEncoding(**SMALL)
             enc(torch.rand(4, 3))
             enc(torch.rand(4, 3))
@@ -302,7 +302,7 @@ def test_failed_build_logs_once_and_falls_back(monkeypatch, tmp_path, caplog):
         assert len(warnings) == 1 and "hash-grid kernel failed" in warnings[0].getMessage()
     finally:
         monkeypatch.delenv("DREAM3D_EXT_SRC")
-        extension.reset()
+        native.reset()
 
 
 def test_no_ext_subprocess_imports_nothing_optional():

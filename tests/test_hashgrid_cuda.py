@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dream3d.encoding import HashGridEncoding, extension
+from dream3d import native
+from dream3d.encoding import HashGridEncoding
 from dream3d.encoding.backends import resolve_backend, tcnn_available
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -19,8 +20,8 @@ CUDA = torch.device("cuda")
 
 @pytest.fixture(scope="module")
 def cuda_ext():
-    ext = extension.load("cuda")
-    assert ext is not None, f"CUDA hash-grid kernel did not build: {extension.load_error('cuda')}"
+    ext = native.load("hashgrid", "cuda")
+    assert ext is not None, f"CUDA hash-grid kernel did not build: {native.load_error('hashgrid', 'cuda')}"
     return ext
 
 

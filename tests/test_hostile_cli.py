@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -263,3 +264,34 @@ def test_damaged_prior_folders_and_batch_manifests_are_one_line(tmp_path):
     ]
     for (argv, expected), (rc, err) in zip(cases, _many(tmp_path, [argv for argv, _ in cases])):
         _one_error_line(rc, err, expected)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_kernel_build_stops_it_in_one_line_and_releases_the_lock(tmp_path):
+    import fcntl
+
+    cache = tmp_path / "cache"  # empty: the first step compiles the C++ kernel
+    p = subprocess.Popen([sys.executable, "-m", "dream3d.cli", "generate", "a red cube", "--steps", "2", "--out",
+                          str(tmp_path / "run"), *SMALL, "geometry.encoding_backend=cpp"],
+                         env={**ENV, "DREAM3D_EXT_CACHE": str(cache)}, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not [lock for lock in cache.glob("*/dream3d-build.lock") if lock.read_text()]:
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read().decode()[-2000:]
+            time.sleep(0.1)
+        (lock,) = cache.glob("*/dream3d-build.lock")
+        assert json.loads(lock.read_text())["pid"] == p.pid
+        time.sleep(0.5)
+        os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 130, err
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if "interrupted" in ln]
+    assert line.endswith(f"continue with: dream3d generate --resume {tmp_path / 'run'}")
+    assert lock.read_text() == "" and not (lock.parent / "lock").exists()  # ours released, torch's baton gone
+    with open(lock) as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free
+    assert not list(lock.parent.glob("*.so"))

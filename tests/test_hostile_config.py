@@ -3,7 +3,14 @@ files, safe messages, verified checkpoints (in process; the command-line cases a
 
 import dataclasses
 import errno
+import json
+import logging
 import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import typing
 
 import pytest
@@ -235,3 +242,88 @@ def test_schema_types_have_no_unbounded_numbers_hidden_in_sections():
     for f in dataclasses.fields(RunConfig):
         assert f.name in {k.split(".")[0] for k in valid_keys()}
     assert all(math.isfinite(r.lo) and math.isfinite(r.hi) for r in BOUNDS.values())
+
+
+# ---------- kernel builds that cannot hang ----------
+
+def _copied_kernel_sources(tmp_path):
+    from dream3d import native
+
+    src = tmp_path / "src" / "hashgrid"
+    shutil.copytree(native.source_dir("hashgrid"), src)
+    return src
+
+
+def test_the_kernel_cache_key_covers_source_bytes_headers_flags_and_toolchain(tmp_path):
+    from dream3d import native
+
+    src = _copied_kernel_sources(tmp_path)
+    build = native.spec("hashgrid", "cpu")
+    key = native.cache_key(build, src)
+    assert len(key) == 12 and native.cache_key(build, src) == key
+    cpp = src / build.sources[0]
+    data = cpp.read_bytes()
+    cpp.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert native.cache_key(build, src) != key
+    cpp.write_bytes(data)
+    assert native.cache_key(build, src) == key
+    (src / "hashgrid_common.h").write_bytes((src / "hashgrid_common.h").read_bytes() + b"\n")
+    changed_header = native.cache_key(build, src)
+    assert changed_header != key
+    assert native.cache_key(dataclasses.replace(build, cflags=("-O2", "-fopenmp")), src) != changed_header
+    assert native.cache_key(dataclasses.replace(build, ldflags=()), src) != changed_header
+    tools = native.toolchain()
+    assert native.cache_key(build, src, tools) == changed_header
+    for field, other in (("python", "cpython-399"), ("torch", "0.0.1"), ("cxx11_abi", str(tools["cxx11_abi"] == "False")),
+                         ("cuda", "99.9")):
+        assert native.cache_key(build, src, {**tools, field: other}) != changed_header, field
+
+
+def test_a_build_lock_left_by_a_killed_build_is_taken_over_with_torchs_baton(tmp_path, caplog):
+    from dream3d import native
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    folder = tmp_path / "build"
+    folder.mkdir()
+    (folder / native.BUILD_LOCK).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(),
+                                                        "since": "2026-01-01T00:00:00+00:00"}))
+    (folder / native.TORCH_BATON).write_bytes(b"")  # torch would wait on this for ever
+    with caplog.at_level(logging.WARNING, logger="dream3d"), native.build_lock(folder, "the test kernel", wait_s=0):
+        assert not (folder / native.TORCH_BATON).exists()
+        assert json.loads((folder / native.BUILD_LOCK).read_text())["pid"] == os.getpid()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"took over the build lock {folder / native.BUILD_LOCK} left by pid {dead.stdout.strip()}")
+    assert line.endswith("(no longer running)")
+    assert (folder / native.BUILD_LOCK).read_text() == ""  # released
+
+
+def test_a_build_held_by_a_live_process_is_waited_for_then_the_torch_path(tmp_path, monkeypatch, caplog):
+    from dream3d import native
+    from dream3d.encoding import HashGridEncoding
+
+    monkeypatch.setenv("DREAM3D_EXT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DREAM3D_BUILD_WAIT", "0.5")
+    folder = native.build_dir(native.spec("hashgrid", "cpu"))
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from dream3d import native\n"
+                               "with native.build_lock(Path(sys.argv[1]), 'the cpu hash-grid kernel'):\n"
+                               " print('held', flush=True)\n time.sleep(60)", str(folder)], stdout=subprocess.PIPE)
+    native.reset()
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with caplog.at_level(logging.WARNING, logger="dream3d"):
+            assert native.load("hashgrid", "cpu") is None
+            enc = HashGridEncoding(n_levels=2, log2_hashmap_size=10)
+            assert enc.backend_for(torch.device("cpu")) == "torch"
+        waiting, fallback = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        lock = folder / native.BUILD_LOCK
+        assert waiting.startswith(f"waiting for the build of the cpu hash-grid kernel by pid {holder.pid} on ")
+        assert fallback.startswith("building the cpu hash-grid kernel failed (BuildLockTimeout: waited 0.5 s for "
+                                   f"the build lock {lock} held by pid {holder.pid} on {socket.gethostname()}")
+        assert fallback.endswith("using a fallback") and len(fallback) < 400
+        assert "BuildLockTimeout" in native.load_error("hashgrid", "cpu")
+    finally:
+        holder.kill()
+        holder.wait()
+        monkeypatch.undo()
+        native.reset()

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from dream3d.encoding import HashGridEncoding, backends, extension, hashgrid_torch, level_table
+from dream3d import native
+from dream3d.encoding import HashGridEncoding, backends, hashgrid_torch, level_table
 from dream3d.encoding.backends import SELF_CHECK_TOLERANCE, compare_with_reference, resolve_backend, self_check
 from dream3d.errors import Dream3DError
 
@@ -27,10 +28,10 @@ MISMATCH = "disagrees with the torch reference"
 @pytest.fixture
 def cpp_ext():
     """The built C++ kernel, with fresh self-check verdicts before and after the test."""
-    if extension.extensions_disabled():
+    if native.extensions_disabled():
         pytest.skip("DREAM3D_NO_EXT is set")
-    ext = extension.load("cpu")
-    assert ext is not None, f"C++ hash-grid kernel did not build: {extension.load_error('cpu')}"
+    ext = native.load("hashgrid", "cpu")
+    assert ext is not None, f"C++ hash-grid kernel did not build: {native.load_error('hashgrid', 'cpu')}"
     backends.reset_self_checks()
     yield ext
     backends.reset_self_checks()
@@ -216,8 +217,8 @@ def test_auto_on_cuda_skips_a_broken_tcnn(fake_tcnn, monkeypatch, caplog):
 
 def test_auto_on_cuda_goes_from_a_broken_cuda_kernel_to_tcnn(fake_tcnn, cpp_ext, monkeypatch, caplog):
     monkeypatch.setattr(backends, "availability", availability_on_cuda(cuda_kernel=True))
-    real_load = extension.load
-    monkeypatch.setattr(extension, "load", lambda kind: real_load("cpu"))  # the C++ kernel plays the CUDA one
+    real_load = native.load
+    monkeypatch.setattr(native, "load", lambda kernel, kind: real_load(kernel, "cpu"))  # the C++ kernel plays the CUDA one
     corrupt_forward(monkeypatch, cpp_ext)
     with caplog.at_level(logging.WARNING, logger="dream3d"):
         assert resolve_backend("auto", torch.device("cuda")) == "tcnn"
@@ -231,7 +232,7 @@ def test_auto_on_cuda_goes_from_a_broken_cuda_kernel_to_tcnn(fake_tcnn, cpp_ext,
 def test_cuda_backends_pass_their_check():
     backends.reset_self_checks()
     cuda = torch.device("cuda")
-    assert extension.load("cuda") is not None, extension.load_error("cuda")
+    assert native.load("hashgrid", "cuda") is not None, native.load_error("hashgrid", "cuda")
     check = self_check("cuda", cuda)
     assert check.ok and check.max_error < SELF_CHECK_TOLERANCE / 10, check.describe()
     if backends.tcnn_available():
@@ -242,8 +243,8 @@ def test_cuda_backends_pass_their_check():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_corrupted_cuda_kernel_falls_back_on_gpu(monkeypatch, caplog):
-    ext = extension.load("cuda")
-    assert ext is not None, extension.load_error("cuda")
+    ext = native.load("hashgrid", "cuda")
+    assert ext is not None, native.load_error("hashgrid", "cuda")
     backends.reset_self_checks()
     corrupt_forward(monkeypatch, ext)
     try:

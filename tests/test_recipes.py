@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dream3d import recipes
-from dream3d.encoding import extension
+from dream3d import native, recipes
 from dream3d.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +68,8 @@ def test_uninstalled_checkout_finds_its_folders(monkeypatch):
 
 def test_kernel_sources_come_from_the_package(monkeypatch):
     monkeypatch.delenv("DREAM3D_EXT_SRC", raising=False)
-    assert extension.source_dir() == recipes.kernel_source_dir("hashgrid")
-    assert (extension.source_dir() / "hashgrid_cpu.cpp").is_file()
+    assert native.source_dir("hashgrid") == recipes.kernel_source_dir("hashgrid")
+    assert (native.source_dir("hashgrid") / "hashgrid_cpu.cpp").is_file()
 
 
 def test_pyproject_lists_every_package_folder():

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import native
 from ..errors import Dream3DError
-from . import extension
 from .kernels import KernelSpec, kernel_encode
 from .levels import level_table, n_params
 from .reference import hashgrid_torch
@@ -106,11 +106,11 @@ def availability(backend: str, device: torch.device) -> str | None:
     if backend == "cpp":
         if kind != "cpu":
             return "needs CPU tensors"
-        return None if extension.load("cpu") is not None else extension.load_error("cpu")
+        return None if native.load("hashgrid", "cpu") is not None else native.load_error("hashgrid", "cpu")
     if backend == "cuda":
         if kind != "cuda":
             return "needs CUDA tensors"
-        return None if extension.load("cuda") is not None else extension.load_error("cuda")
+        return None if native.load("hashgrid", "cuda") is not None else native.load_error("hashgrid", "cuda")
     if backend == "tcnn":
         return None if kind == "cuda" and tcnn_available() else "needs CUDA tensors and the tinycudann package"
     raise ValueError(f"unknown hash-grid backend {backend!r}")
@@ -122,9 +122,9 @@ def _encoder(backend: str, spec: KernelSpec, tcnn_config: dict,
     calls it (`tcnn_config`: the same grid in tinycudann's terms)."""
     if backend in ("cpp", "cuda"):
         kind = "cpu" if backend == "cpp" else "cuda"
-        ext = extension.load(kind)
+        ext = native.load("hashgrid", kind)
         if ext is None:
-            raise RuntimeError(extension.load_error(kind) or "kernel not built")
+            raise RuntimeError(native.load_error("hashgrid", kind) or "kernel not built")
         return lambda x, params: kernel_encode(x, params, ext, spec)
     if backend == "tcnn":
         adapter = TcnnAdapter(n_dims, tcnn_config, n_params(list(spec.levels), spec.n_features), torch.float32)
@@ -192,7 +192,7 @@ def _ms(start: float) -> float:
 def _kernel_token(backend: str) -> object:
     """The loaded kernel module a verdict belongs to (a reloaded kernel is checked again); None for tcnn."""
     if backend in ("cpp", "cuda"):
-        return extension.load("cpu" if backend == "cpp" else "cuda")
+        return native.load("hashgrid", "cpu" if backend == "cpp" else "cuda")
     return None
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import native
 from ..errors import Dream3DError
-from . import extension
 from .backends import BACKENDS, TcnnAdapter, resolve_backend
 from .kernels import KernelSpec, kernel_encode
 from .levels import LevelInfo, level_table, n_params
@@ -100,7 +100,7 @@ class HashGridEncoding(nn.Module):
                                          self.params.dtype)
             out = self._tcnn(x.float().contiguous(), self.params)
         else:
-            ext = extension.load("cpu" if backend == "cpp" else "cuda")
+            ext = native.load("hashgrid", "cpu" if backend == "cpp" else "cuda")
             params = self.params
             if backend == "cpp" and params.dtype != torch.float32:
                 params = params.float()  # the CPU kernel computes in float32; autograd casts the grad back

@@ -36,14 +36,35 @@ class Splats:
     radii: torch.Tensor
 
 
+Matrix = list  # a small matrix as nested lists of broadcastable tensors (or python 0 for a known zero)
+
+
+def _matmul(a: Matrix, b: Matrix) -> Matrix:
+    """a @ b for nested-list matrices, skipping known zeros: on the CPU, elementwise products of (C,N) tensors are
+    much faster than batched 3x3 matmuls, forward and backward."""
+    def dot(row, col):
+        terms = [x * y for x, y in zip(row, col) if not (isinstance(x, int) or isinstance(y, int))]
+        return sum(terms[1:], terms[0])
+
+    cols = list(zip(*b))
+    return [[dot(row, col) for col in cols] for row in a]
+
+
+def _transpose(a: Matrix) -> Matrix:
+    return [list(col) for col in zip(*a)]
+
+
+def _rotation_entries(quats: torch.Tensor) -> Matrix:
+    """The rotation matrices of quaternions (N,4) (w, x, y, z; normalised first) as 3x3 nested lists of (N,)."""
+    w, x, y, z = (quats / quats.norm(dim=-1, keepdim=True)).unbind(-1)
+    return [[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]]
+
+
 def quaternion_to_rotation(quats: torch.Tensor) -> torch.Tensor:
     """Rotation matrices (N,3,3) of quaternions (N,4) in (w, x, y, z) order; they are normalised first."""
-    w, x, y, z = (quats / quats.norm(dim=-1, keepdim=True)).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(*quats.shape[:-1], 3, 3)
+    return torch.stack([torch.stack(row, -1) for row in _rotation_entries(quats)], -2)
 
 
 def covariances_3d(quats: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -57,23 +78,24 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
                       eps2d: float = 0.3) -> Splats:
     """Project N Gaussians (means (N,3), quats (N,4), scales (N,3)) into C cameras (viewmats (C,4,4) OpenCV
     world-to-camera, ks (C,3,3) intrinsics in pixels). Culled splats have finite values and zero gradients."""
-    rot, trans = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]  # (C,1,3,3), (C,1,3)
-    p_cam = (rot @ means[None, :, :, None])[..., 0] + trans  # (C,N,3)
-    cov_cam = rot @ covariances_3d(quats, scales)[None] @ rot.transpose(-1, -2)  # (C,N,3,3)
-    z = p_cam[..., 2]
+    rot = [[viewmats[:, i, j, None] for j in range(3)] for i in range(3)]  # (C,1) entries
+    p_cam = [row[0] * means[:, 0] + row[1] * means[:, 1] + row[2] * means[:, 2] + viewmats[:, i, 3, None]
+             for i, row in enumerate(rot)]  # x, y, z in the camera, (C,N) each
+    s = scales.unbind(-1)
+    m = [[r_ij * s[j] for j, r_ij in enumerate(row)] for row in _rotation_entries(quats)]  # R S, (N,) entries
+    z = p_cam[2]
     in_front = z > near_plane
     z = torch.where(in_front, z, torch.ones_like(z))  # keeps culled splats finite (and their gradients zero)
     fx, fy = ks[:, 0, 0, None], ks[:, 1, 1, None]  # (C,1)
     cx, cy = ks[:, 0, 2, None], ks[:, 1, 2, None]
-    x_over_z, y_over_z = p_cam[..., 0] / z, p_cam[..., 1] / z
+    x_over_z, y_over_z = p_cam[0] / z, p_cam[1] / z
     tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy  # half field of view (tangents)
     tx = z * torch.minimum(torch.maximum(x_over_z, -(cx / fx + 0.3 * tan_x)), (width - cx) / fx + 0.3 * tan_x)
     ty = z * torch.minimum(torch.maximum(y_over_z, -(cy / fy + 0.3 * tan_y)), (height - cy) / fy + 0.3 * tan_y)
-    zero = torch.zeros_like(z)
-    jac = torch.stack([fx / z, zero, -fx * tx / (z * z),
-                       zero, fy / z, -fy * ty / (z * z)], -1).reshape(*z.shape, 2, 3)
-    cov2d = jac @ cov_cam @ jac.transpose(-1, -2)  # (C,N,2,2)
-    a, b, c = cov2d[..., 0, 0] + eps2d, cov2d[..., 0, 1], cov2d[..., 1, 1] + eps2d
+    jac = [[fx / z, 0, -fx * tx / (z * z)], [0, fy / z, -fy * ty / (z * z)]]
+    jm = _matmul(_matmul(jac, rot), m)  # J W R S, (C,N) entries: the 2D covariance is jm jm^T (+ eps2d I)
+    (a, b), (_, c) = _matmul(jm, _transpose(jm))
+    a, c = a + eps2d, c + eps2d
     det = a * c - b * b
     valid = in_front & (det > 0)
     det = torch.where(valid, det, torch.ones_like(det))
@@ -86,7 +108,7 @@ def project_gaussians(means: torch.Tensor, quats: torch.Tensor, scales: torch.Te
         mx, my = means2d[..., 0], means2d[..., 1]
         on_screen = (mx + radii > 0) & (mx - radii < width) & (my + radii > 0) & (my - radii < height)
         radii = torch.where(valid & on_screen, radii, torch.zeros_like(radii)).to(torch.int32)
-    return Splats(means2d, conics, p_cam[..., 2], radii)
+    return Splats(means2d, conics, p_cam[2], radii)
 
 
 def tile_rects(means2d: torch.Tensor, radii: torch.Tensor, width: int, height: int) -> torch.Tensor:
