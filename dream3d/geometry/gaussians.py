@@ -137,7 +137,8 @@ class GaussianCloud(nn.Module):
 
     def normals(self) -> torch.Tensor:
         """(N,3) unit shortest-axis direction of each Gaussian, turned away from the origin (outward for objects
-        around the origin): the normal of a flat Gaussian, as DreamGaussian/GaussianShader-style shading uses."""
+        around the origin): the normal of a flat Gaussian (GaussianShader, Jiang et al. 2023, arXiv:2311.17977,
+        takes the shortest axis as the normal too; it orients it towards the camera instead)."""
         rot = quaternion_to_rotation(self.quats)
         axis = self.log_scales.argmin(-1)
         n = rot.gather(2, axis[:, None, None].expand(-1, 3, 1))[..., 0]
