@@ -12,27 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 from . import native
 from .encoding import HashGridEncoding
+from .system import device_name, device_timer
 from .encoding.backends import tcnn_available
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    def run(fn: Callable[[], object]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
-
-    return run
 
 
 def _median_time(fn: Callable[[], object], timer, budget_s: float = 4.0, max_repeats: int = 10) -> float:
@@ -66,7 +53,7 @@ def bench_hashgrid(points: int = 2**18, levels: int = 16, json_path: str | None 
     x = torch.rand(points, 3, generator=gen).to(dev)
     reference = HashGridEncoding(n_levels=levels, backend="torch").to(dev)
     grad_out = torch.randn(points, reference.n_output_dims, generator=gen).to(dev)
-    timer = _timer(dev)
+    timer = device_timer(dev)
     results: dict[str, dict[str, float]] = {}
     for name in available_backends(dev):
         enc = HashGridEncoding(n_levels=levels, backend=name).to(dev)
@@ -81,18 +68,12 @@ def bench_hashgrid(points: int = 2**18, levels: int = 16, json_path: str | None 
 
         results[name] = {"fwd_s": _median_time(fwd, timer), "fwd_bwd_s": _median_time(fwd_bwd, timer)}
         del enc
-    report = {"backends": results, "points": points, "levels": levels, "device": _device_name(dev)}
+    report = {"backends": results, "points": points, "levels": levels, "device": device_name(dev)}
     print(format_table(report))
     if json_path:
         with open(json_path, "w") as fh:
             json.dump(report, fh, indent=2)
     return report
-
-
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(dev)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def format_table(report: dict) -> str:

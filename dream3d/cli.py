@@ -230,6 +230,18 @@ def cmd_bench_hashgrid(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_splat(a: argparse.Namespace) -> int:
+    from dream3d.bench_splat import bench_splat, parse_backends
+
+    for name in ("gaussians", "size", "views", "rounds", "threads"):
+        value = getattr(a, name)
+        if value is not None and value < 1:
+            raise Dream3DError(f"--{name} must be at least 1 (got {value})")
+    bench_splat(gaussians=a.gaussians, size=a.size, views=a.views, rounds=a.rounds, threads=a.threads,
+                json_path=a.json, device=a.device, backends=parse_backends(a.backends))
+    return 0
+
+
 def cmd_bench_shapes(a: argparse.Namespace) -> int:
     from dream3d.bench_shapes import bench_shapes
 
@@ -371,15 +383,20 @@ def _add_prior_commands(sub) -> None:
 
 
 def _add_bench_commands(sub) -> None:
-    """bench hashgrid | shapes."""
+    """bench hashgrid | splat | shapes."""
+    from dream3d.bench_splat import add_arguments as add_splat_arguments
+
     b = add_command(sub, "bench", help="benchmarks").add_subparsers(dest="bench_command", required=True,
-                                                                    metavar="{hashgrid,shapes}")
+                                                                    metavar="{hashgrid,splat,shapes}")
     h = add_command(b, "hashgrid", help="hash-grid encoding speed per backend")
     h.add_argument("--points", type=int, default=2**18, help="points encoded per call")
     h.add_argument("--levels", type=int, default=16, help="hash-grid levels")
     h.add_argument("--json", default=None, help="also write the timings to this JSON file (default: none)")
     h.add_argument("--device", default="auto", help="auto (CUDA when present, else the CPU), cpu or cuda")
     h.set_defaults(func=cmd_bench_hashgrid)
+    sp = add_command(b, "splat", help="Gaussian splatting speed per backend (forward, forward+backward)")
+    add_splat_arguments(sp)
+    sp.set_defaults(func=cmd_bench_splat)
     sh = add_command(b, "shapes", help="generation quality against the shapes world's ground truth")
     sh.add_argument("--methods", default="sds", help="comma-separated guidance methods")
     sh.add_argument("--prompts", default=None, help="file with one prompt per line (default: every shape x 2 colors)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -22,6 +24,28 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' requested but no CUDA GPU is available; use --device cpu or auto")
     return torch.device(name)
+
+
+def device_timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
+    """A function that runs `fn` once and returns its wall time in seconds (CUDA synchronised around it)."""
+
+    def run(fn: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    return run
+
+
+def device_name(dev: torch.device) -> str:
+    """The device in words: the GPU's name, or the CPU with torch's thread count."""
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def build_guidance(cfg: RunConfig, prior: DiffusionPrior) -> Guidance:

@@ -5,7 +5,8 @@
 // (C,N,3) = the inverse 2D covariance (a, b, c), opacities (N,), features (C,N,K) and depths (C,N) (sort key),
 // and the tile rectangle of each splat rects (C,N,4) = (x0, y0, x1, y1), empty for culled splats.
 // Binning: per camera, the visible splats sorted by (depth, index), then bucketed by tile in that order, so each
-// tile's list is depth-sorted (the order of a sort on (tile, depth) keys). OpenMP over (camera, tile) pairs; in
+// tile's list is depth-sorted (the order of a sort on (tile, depth) keys). Each tile is cut into 4x4-pixel blocks
+// whose pixels go only through the splats that can reach alpha_min in the block. OpenMP over (camera, tile) pairs; in
 // the backward pass each tile writes the gradients of its own list entries, summed per splat afterwards, so no
 // two threads write the same memory and the result does not depend on the thread count.
 #include <torch/extension.h>
@@ -23,6 +24,7 @@ namespace {
 struct Rules {
   double alpha_min, alpha_max, t_min;
   int64_t tile, width, height, tiles_x, tiles_y;
+  int threads;  // torch's intra-op thread count (torch may ship its own OpenMP runtime, so it is passed on)
 };
 
 // Per camera: the splat ids of every tile's list, concatenated; offsets (C * tiles + 1) index into ids.
@@ -36,7 +38,7 @@ Bins bin_splats(const scalar_t* depths, const int32_t* rects, int64_t n_cams, in
   const int64_t n_tiles = r.tiles_x * r.tiles_y;
   std::vector<std::vector<int32_t>> per_cam(n_cams);
   std::vector<std::vector<int64_t>> counts(n_cams, std::vector<int64_t>(n_tiles + 1, 0));
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(r.threads)
   for (int64_t c = 0; c < n_cams; ++c) {
     const scalar_t* dep = depths + c * n;
     const int32_t* rc = rects + c * n * 4;
@@ -89,58 +91,91 @@ struct TileSplats {
   }
 };
 
-// The pixel range of tile `t`.
-inline void tile_pixels(int64_t t, const Rules& r, int64_t& x0, int64_t& x1, int64_t& y0, int64_t& y1) {
-  x0 = (t % r.tiles_x) * r.tile, y0 = (t / r.tiles_x) * r.tile;
-  x1 = std::min(x0 + r.tile, r.width), y1 = std::min(y0 + r.tile, r.height);
+// A lower bound of sigma(d) = 0.5 (a dx^2 + c dy^2) + b dx dy over the pixel centres of a block (the rectangle
+// [x0, x1] x [y0, y1] of centres minus the splat's centre): 0 when the centre is inside; else, sigma being convex,
+// its least value on the rectangle's edges. -1 (keep the splat) when rounding made the conic not positive definite.
+inline double min_sigma_over_block(double a, double b, double c, double x0, double x1, double y0, double y1) {
+  if (!(a > 0 && c > 0 && a * c - b * b > 0)) return -1;
+  if (x0 <= 0 && x1 >= 0 && y0 <= 0 && y1 >= 0) return 0;
+  auto sigma = [&](double dx, double dy) { return 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy; };
+  auto at_x = [&](double dx) { return sigma(dx, std::clamp(-b * dx / c, y0, y1)); };
+  auto at_y = [&](double dy) { return sigma(std::clamp(-b * dy / a, x0, x1), dy); };
+  return std::min(std::min(at_x(x0), at_x(x1)), std::min(at_y(y0), at_y(y1)));
+}
+
+constexpr int64_t kBlock = 4;  // pixels per side of the blocks a tile is cut into
+
+// Runs `pixel(c, pix, px, py, ts, sel, entry_start)` for every pixel, where `sel` lists (front to back) the
+// entries of the pixel's tile that can reach alpha_min somewhere in its 4x4 block; the others could only be
+// skipped at each of its pixels, so leaving them out changes nothing but the time. Tiles of all cameras in
+// parallel; each pixel is visited by one thread.
+template <typename scalar_t, typename PixelFn>
+void for_each_pixel(const scalar_t* m2d, const scalar_t* con, const scalar_t* opac, const scalar_t* features,
+                    const Bins& bins, int64_t n_cams, int64_t n, int64_t k, const Rules& r, PixelFn pixel) {
+  const int64_t n_tiles = r.tiles_x * r.tiles_y;
+#pragma omp parallel num_threads(r.threads)
+  {
+    TileSplats<scalar_t> ts;
+    std::vector<int32_t> sel;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ct = 0; ct < n_cams * n_tiles; ++ct) {
+      const int64_t c = ct / n_tiles, t = ct % n_tiles;
+      const int64_t start = bins.offsets[ct], count = bins.offsets[ct + 1] - start;
+      ts.gather(bins.ids.data() + start, count, m2d + c * n * 2, con + c * n * 3, opac, features + c * n * k, k,
+                r.alpha_min);
+      const int64_t tx0 = (t % r.tiles_x) * r.tile, ty0 = (t / r.tiles_x) * r.tile;
+      const int64_t tx1 = std::min(tx0 + r.tile, r.width), ty1 = std::min(ty0 + r.tile, r.height);
+      for (int64_t by = ty0; by < ty1; by += kBlock) {
+        for (int64_t bx = tx0; bx < tx1; bx += kBlock) {
+          const int64_t bx1 = std::min(bx + kBlock, tx1), by1 = std::min(by + kBlock, ty1);
+          sel.clear();
+          for (int64_t j = 0; j < count; ++j) {
+            const double mx = ts.mx[j], my = ts.my[j];
+            const double bound = min_sigma_over_block(ts.ca[j], ts.cb[j], ts.cc[j], bx + 0.5 - mx, bx1 - 0.5 - mx,
+                                                      by + 0.5 - my, by1 - 0.5 - my);
+            if (bound <= static_cast<double>(ts.sigma_max[j])) sel.push_back(static_cast<int32_t>(j));
+          }
+          for (int64_t py = by; py < by1; ++py)
+            for (int64_t px = bx; px < bx1; ++px)
+              pixel(c, (c * r.height + py) * r.width + px, px, py, ts, sel, start);
+        }
+      }
+    }
+  }
 }
 
 template <typename scalar_t>
 void forward_impl(const scalar_t* m2d, const scalar_t* con, const scalar_t* opac, const scalar_t* features,
                   const Bins& bins, int64_t n_cams, int64_t n, int64_t k, const Rules& r, scalar_t* image,
                   scalar_t* alpha_out, scalar_t* final_t, int32_t* last) {
-  const int64_t n_tiles = r.tiles_x * r.tiles_y;
   const scalar_t amin = r.alpha_min, amax = r.alpha_max, tmin = r.t_min;
-#pragma omp parallel
-  {
-    TileSplats<scalar_t> ts;
-    std::vector<scalar_t> acc(k);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t ct = 0; ct < n_cams * n_tiles; ++ct) {
-      const int64_t c = ct / n_tiles, t = ct % n_tiles;
-      const int64_t start = bins.offsets[ct], count = bins.offsets[ct + 1] - start;
-      ts.gather(bins.ids.data() + start, count, m2d + c * n * 2, con + c * n * 3, opac, features + c * n * k, k, r.alpha_min);
-      int64_t x0, x1, y0, y1;
-      tile_pixels(t, r, x0, x1, y0, y1);
-      for (int64_t py = y0; py < y1; ++py) {
-        for (int64_t px = x0; px < x1; ++px) {
-          const scalar_t fx = static_cast<scalar_t>(px) + scalar_t(0.5), fy = static_cast<scalar_t>(py) + scalar_t(0.5);
-          std::fill(acc.begin(), acc.end(), scalar_t(0));
-          scalar_t T = 1;
-          int32_t n_used = 0;
-          for (int64_t j = 0; j < count; ++j) {
-            const scalar_t dx = fx - ts.mx[j], dy = fy - ts.my[j];
-            const scalar_t sigma = scalar_t(0.5) * (ts.ca[j] * dx * dx + ts.cc[j] * dy * dy) + ts.cb[j] * dx * dy;
-            if (sigma < 0 || sigma > ts.sigma_max[j]) continue;
-            const scalar_t alpha = std::min(amax, ts.op[j] * std::exp(-sigma));
-            if (alpha < amin) continue;
-            const scalar_t next_t = T * (scalar_t(1) - alpha);
-            if (next_t < tmin) break;
-            const scalar_t w = alpha * T;
-            const scalar_t* f = ts.feat.data() + j * k;
-            for (int64_t d = 0; d < k; ++d) acc[d] += w * f[d];
-            T = next_t;
-            n_used = static_cast<int32_t>(j + 1);
-          }
-          const int64_t pix = (c * r.height + py) * r.width + px;
-          for (int64_t d = 0; d < k; ++d) image[pix * k + d] = acc[d];
-          alpha_out[pix] = scalar_t(1) - T;
-          final_t[pix] = T;
-          last[pix] = n_used;
+  for_each_pixel<scalar_t>(m2d, con, opac, features, bins, n_cams, n, k, r,
+      [&](int64_t, int64_t pix, int64_t px, int64_t py, const TileSplats<scalar_t>& ts,
+          const std::vector<int32_t>& sel, int64_t) {
+        const scalar_t fx = static_cast<scalar_t>(px) + scalar_t(0.5), fy = static_cast<scalar_t>(py) + scalar_t(0.5);
+        scalar_t* acc = image + pix * k;
+        std::fill(acc, acc + k, scalar_t(0));
+        scalar_t T = 1;
+        int32_t n_used = 0;
+        for (size_t q = 0; q < sel.size(); ++q) {
+          const int64_t j = sel[q];
+          const scalar_t dx = fx - ts.mx[j], dy = fy - ts.my[j];
+          const scalar_t sigma = scalar_t(0.5) * (ts.ca[j] * dx * dx + ts.cc[j] * dy * dy) + ts.cb[j] * dx * dy;
+          if (sigma < 0 || sigma > ts.sigma_max[j]) continue;
+          const scalar_t alpha = std::min(amax, ts.op[j] * std::exp(-sigma));
+          if (alpha < amin) continue;
+          const scalar_t next_t = T * (scalar_t(1) - alpha);
+          if (next_t < tmin) break;
+          const scalar_t w = alpha * T;
+          const scalar_t* f = ts.feat.data() + j * k;
+          for (int64_t d = 0; d < k; ++d) acc[d] += w * f[d];
+          T = next_t;
+          n_used = static_cast<int32_t>(q + 1);
         }
-      }
-    }
-  }
+        alpha_out[pix] = scalar_t(1) - T;
+        final_t[pix] = T;
+        last[pix] = n_used;
+      });
 }
 
 template <typename scalar_t>
@@ -153,61 +188,49 @@ void backward_impl(const scalar_t* m2d, const scalar_t* con, const scalar_t* opa
   const int64_t stride = 6 + k;  // per list entry: d means2d (2), d conic (3), d opacity, d features (k)
   std::vector<scalar_t> entry_grads(n_entries * stride, scalar_t(0));
   const scalar_t amin = r.alpha_min, amax = r.alpha_max;
-#pragma omp parallel
-  {
-    TileSplats<scalar_t> ts;
-    std::vector<scalar_t> behind(k);
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t ct = 0; ct < n_cams * n_tiles; ++ct) {
-      const int64_t c = ct / n_tiles, t = ct % n_tiles;
-      const int64_t start = bins.offsets[ct], count = bins.offsets[ct + 1] - start;
-      if (count == 0) continue;
-      ts.gather(bins.ids.data() + start, count, m2d + c * n * 2, con + c * n * 3, opac, features + c * n * k, k, r.alpha_min);
-      scalar_t* eg = entry_grads.data() + start * stride;
-      int64_t x0, x1, y0, y1;
-      tile_pixels(t, r, x0, x1, y0, y1);
-      for (int64_t py = y0; py < y1; ++py) {
-        for (int64_t px = x0; px < x1; ++px) {
-          const int64_t pix = (c * r.height + py) * r.width + px;
-          const scalar_t fx = static_cast<scalar_t>(px) + scalar_t(0.5), fy = static_cast<scalar_t>(py) + scalar_t(0.5);
-          const scalar_t t_final = final_t[pix], ga = grad_alpha[pix];
-          const scalar_t* gi = grad_image + pix * k;
-          std::fill(behind.begin(), behind.end(), scalar_t(0));  // sum of what lies behind, seen from splat j
-          scalar_t T = t_final;
-          for (int64_t j = static_cast<int64_t>(last[pix]) - 1; j >= 0; --j) {
-            const scalar_t dx = fx - ts.mx[j], dy = fy - ts.my[j];
-            const scalar_t sigma = scalar_t(0.5) * (ts.ca[j] * dx * dx + ts.cc[j] * dy * dy) + ts.cb[j] * dx * dy;
-            if (sigma < 0 || sigma > ts.sigma_max[j]) continue;
-            const scalar_t gauss = std::exp(-sigma);
-            const scalar_t raw = ts.op[j] * gauss;
-            const scalar_t alpha = std::min(amax, raw);
-            if (alpha < amin) continue;
-            const scalar_t one_minus = scalar_t(1) - alpha;
-            T = T / one_minus;  // the transmittance in front of splat j
-            const scalar_t w = alpha * T;
-            const scalar_t* f = ts.feat.data() + j * k;
-            scalar_t* e = eg + j * stride;
-            scalar_t d_alpha = ga * t_final / one_minus;
-            for (int64_t d = 0; d < k; ++d) {
-              e[6 + d] += w * gi[d];
-              d_alpha += T * gi[d] * (f[d] - behind[d]);
-              behind[d] = alpha * f[d] + one_minus * behind[d];
-            }
-            if (raw > amax) continue;  // clamped: alpha does not depend on opacity or position
-            e[5] += gauss * d_alpha;
-            const scalar_t d_sigma = -alpha * d_alpha;
-            e[0] += -d_sigma * (ts.ca[j] * dx + ts.cb[j] * dy);
-            e[1] += -d_sigma * (ts.cb[j] * dx + ts.cc[j] * dy);
-            e[2] += scalar_t(0.5) * dx * dx * d_sigma;
-            e[3] += dx * dy * d_sigma;
-            e[4] += scalar_t(0.5) * dy * dy * d_sigma;
+  // what lies behind splat j at a pixel, per thread: sum over the splats after it of their weight / T_{j+1} x f
+  std::vector<std::vector<scalar_t>> behind_of(std::max(1, r.threads), std::vector<scalar_t>(k));
+  for_each_pixel<scalar_t>(m2d, con, opac, features, bins, n_cams, n, k, r,
+      [&](int64_t, int64_t pix, int64_t px, int64_t py, const TileSplats<scalar_t>& ts,
+          const std::vector<int32_t>& sel, int64_t start) {
+        const scalar_t fx = static_cast<scalar_t>(px) + scalar_t(0.5), fy = static_cast<scalar_t>(py) + scalar_t(0.5);
+        const scalar_t t_final = final_t[pix], ga = grad_alpha[pix];
+        const scalar_t* gi = grad_image + pix * k;
+        std::vector<scalar_t>& behind = behind_of[omp_get_thread_num()];
+        std::fill(behind.begin(), behind.end(), scalar_t(0));
+        scalar_t T = t_final;
+        for (int64_t q = static_cast<int64_t>(last[pix]) - 1; q >= 0; --q) {
+          const int64_t j = sel[q];
+          const scalar_t dx = fx - ts.mx[j], dy = fy - ts.my[j];
+          const scalar_t sigma = scalar_t(0.5) * (ts.ca[j] * dx * dx + ts.cc[j] * dy * dy) + ts.cb[j] * dx * dy;
+          if (sigma < 0 || sigma > ts.sigma_max[j]) continue;
+          const scalar_t gauss = std::exp(-sigma);
+          const scalar_t raw = ts.op[j] * gauss;
+          const scalar_t alpha = std::min(amax, raw);
+          if (alpha < amin) continue;
+          const scalar_t one_minus = scalar_t(1) - alpha;
+          T = T / one_minus;  // the transmittance in front of splat j
+          const scalar_t w = alpha * T;
+          const scalar_t* f = ts.feat.data() + j * k;
+          scalar_t* e = entry_grads.data() + (start + j) * stride;
+          scalar_t d_alpha = ga * t_final / one_minus;
+          for (int64_t d = 0; d < k; ++d) {
+            e[6 + d] += w * gi[d];
+            d_alpha += T * gi[d] * (f[d] - behind[d]);
+            behind[d] = alpha * f[d] + one_minus * behind[d];
           }
+          if (raw > amax) continue;  // clamped: alpha does not depend on opacity or position
+          e[5] += gauss * d_alpha;
+          const scalar_t d_sigma = -alpha * d_alpha;
+          e[0] += -d_sigma * (ts.ca[j] * dx + ts.cb[j] * dy);
+          e[1] += -d_sigma * (ts.cb[j] * dx + ts.cc[j] * dy);
+          e[2] += scalar_t(0.5) * dx * dx * d_sigma;
+          e[3] += dx * dy * d_sigma;
+          e[4] += scalar_t(0.5) * dy * dy * d_sigma;
         }
-      }
-    }
-  }
+      });
   // Sum the entries of each splat (a camera's entries only touch that camera's slots).
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(r.threads)
   for (int64_t c = 0; c < n_cams; ++c) {
     for (int64_t q = bins.offsets[c * n_tiles]; q < bins.offsets[(c + 1) * n_tiles]; ++q) {
       const int64_t g = bins.ids[q];
@@ -225,7 +248,7 @@ void backward_impl(const scalar_t* m2d, const scalar_t* con, const scalar_t* opa
 
 Rules make_rules(int64_t width, int64_t height, int64_t tile, double alpha_min, double alpha_max, double t_min) {
   return Rules{alpha_min, alpha_max, t_min, tile, width, height, (width + tile - 1) / tile,
-               (height + tile - 1) / tile};
+               (height + tile - 1) / tile, std::max(1, at::get_num_threads())};
 }
 
 void check_inputs(const torch::Tensor& m2d, const torch::Tensor& con, const torch::Tensor& opac,
