@@ -57,7 +57,7 @@ def score_geometry(renderer, shape: str, grid_resolution: int = 128, export_reso
     if isinstance(geometry, GaussianCloud):  # Gaussian stage: the exported mesh of the density field
         from dream3d.export.gaussian_export import extract_gaussian_surface
 
-        surface, _ = extract_gaussian_surface(renderer, export_resolution)
+        surface, _ = extract_gaussian_surface(renderer, export_resolution, smooth_iterations=0, max_faces=0)
         mesh = SimpleNamespace(vertices=torch.from_numpy(surface.vertices), faces=torch.from_numpy(surface.faces))
     elif hasattr(geometry, "extract_mesh"):  # mesh stage: the DMTet mesh is the surface
         mesh = geometry.extract_mesh()
