@@ -12,7 +12,9 @@ Per (method, prompt, seed) a full generation runs, then:
 `stages` (`--stages nerf,mesh`): after the NeRF run, the mesh stage (`dream3d refine` with configs/mesh.yaml)
 runs on it and is scored the same way, with the DMTet mesh itself as the surface (occupancy by ray parity,
 Chamfer on area-uniform surface samples); every row carries its `stage` and the mesh row's seconds are the mesh
-stage's own (initialisation included).
+stage's own (initialisation included). `gaussian` trains configs/gaussian.yaml (or `--config` when it is the
+only stage) on the same prompt and seed and scores the mesh its export extracts (the density field's surface at
+the automatic level, floaters removed), likewise.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ import torch
 from dream3d.cameras import make_cameras
 from dream3d.config import load_config
 from dream3d.errors import Dream3DError
+from dream3d.geometry.gaussians import GaussianCloud
 from dream3d.recipes import config_file, recipe_path
 from dream3d.shapes.metrics import chamfer_to_shape, volume_iou
 from dream3d.shapes.primitives import SHAPES, grid_points, occupancy
@@ -34,7 +38,7 @@ from dream3d.shapes.prompts import make_prompt, parse_prompt
 from dream3d.shapes.render import render_shapes
 
 BENCH_COLORS = ("red", "blue")
-STAGES = ("nerf", "mesh")
+STAGES = ("nerf", "mesh", "gaussian")
 
 
 def default_prompts() -> list[str]:
@@ -50,11 +54,17 @@ def score_geometry(renderer, shape: str, grid_resolution: int = 128, export_reso
 
     geometry = renderer.geometry
     device = geometry_device(geometry)
-    if hasattr(geometry, "extract_mesh"):  # mesh stage: the DMTet mesh is the surface
+    if isinstance(geometry, GaussianCloud):  # Gaussian stage: the exported mesh of the density field
+        from dream3d.export.gaussian_export import extract_gaussian_surface
+
+        surface, _ = extract_gaussian_surface(renderer, export_resolution, smooth_iterations=0, max_faces=0)
+        mesh = SimpleNamespace(vertices=torch.from_numpy(surface.vertices), faces=torch.from_numpy(surface.faces))
+    elif hasattr(geometry, "extract_mesh"):  # mesh stage: the DMTet mesh is the surface
+        mesh = geometry.extract_mesh()
+    if isinstance(geometry, GaussianCloud) or hasattr(geometry, "extract_mesh"):
         from dream3d.geometry.mesh_ops import mesh_occupancy
         from dream3d.stages.nerf_to_dmtet import surface_samples
 
-        mesh = geometry.extract_mesh()
         occ = mesh_occupancy(mesh.vertices, mesh.faces, grid_resolution, geometry.bound)
         points = surface_samples(mesh.vertices.cpu().double(), mesh.faces.cpu(), 20000,
                                  torch.Generator().manual_seed(0))[0].float()
@@ -110,21 +120,28 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
     prior = None
     for method in methods:
         cfg_file = config_file(config) if config else recipe_path(method)
+        only_gaussian = "nerf" not in stages and "mesh" not in stages  # --config is then the Gaussian recipe
+        gaussian_file = config_file(config) if config and only_gaussian else recipe_path("gaussian")
         for prompt, sp in zip(prompts, parsed):
             for seed in seeds:
                 if all((method, st, prompt, seed, steps) in done for st in stages):
                     continue
+                run_dir = Path(out_root) / f"{method}-{sp.color}-{sp.shape}-s{seed}"
                 over = [f"guidance.method={method}", f"seed={seed}", "export.enabled=false", *overrides]
                 if steps is not None:
                     over.append(f"steps={steps}")
-                cfg = load_config(cfg_file, over)
-                cfg.prompt = prompt
-                run_dir = Path(out_root) / f"{method}-{sp.color}-{sp.shape}-s{seed}"
-                t0 = time.time()
-                trainer = Trainer(cfg, run_dir, prior=prior)
-                prior = trainer.prior if not cfg.prior else prior
-                trainer.train(handle_signals=False)
-                runs = [("nerf", trainer, time.time() - t0)]
+                plan = [("nerf", cfg_file, run_dir)] if "nerf" in stages or "mesh" in stages else []
+                if "gaussian" in stages:
+                    plan.append(("gaussian", gaussian_file, Path(f"{run_dir}-gaussian")))
+                runs = []
+                for first, file, folder in plan:
+                    cfg = load_config(file, over)
+                    cfg.prompt = prompt
+                    t0 = time.time()
+                    trainer = Trainer(cfg, folder, prior=prior)
+                    prior = trainer.prior if not cfg.prior else prior
+                    trainer.train(handle_signals=False)
+                    runs.append((first, trainer, time.time() - t0))
                 if "mesh" in stages:
                     t0 = time.time()
                     mesh_cfg = mesh_stage_config(run_dir, overrides=["export.enabled=false"])

@@ -414,7 +414,8 @@ def _add_bench_commands(sub) -> None:
     sh.add_argument("--methods", default="sds", help="comma-separated guidance methods")
     sh.add_argument("--prompts", default=None, help="file with one prompt per line (default: every shape x 2 colors)")
     sh.add_argument("--seeds", default="0,1", help="comma-separated seeds; every prompt runs once per seed")
-    sh.add_argument("--stages", default="nerf", help="comma-separated: nerf,mesh (mesh refines each NeRF run)")
+    sh.add_argument("--stages", default="nerf", help="comma-separated: nerf,mesh,gaussian (mesh refines each NeRF "
+                    "run; gaussian trains configs/gaussian.yaml on the same prompts and seeds)")
     sh.add_argument("--steps", type=int, default=None, help="optimisation steps of every run (default: each "
                                                             "method's recipe)")
     sh.add_argument("--config", default=None, help=CONFIG_HELP + " for every run (default: each method's recipe)")

@@ -179,6 +179,43 @@ class MeshConfig:
 
 
 @dataclass
+class GaussianConfig:
+    """The Gaussian stage (`stage: gaussian`): 3D Gaussians splatted by `dream3d.render.splat`, densified and
+    pruned on a schedule (`dream3d.geometry.gaussians`); defaults are DreamGaussian's (configs/text.yaml at commit
+    69a3c70), its densification window and interval excepted (see configs/gaussian.yaml)."""
+
+    num_points: int = 5000  # initial Gaussians, uniform in a ball
+    init_radius: float = 0.5  # of that ball (world units)
+    init_opacity: float = 0.1
+    color: str = "sigmoid"  # sigmoid (RGB = sigmoid(feature)) | sh (spherical harmonics, 3DGS convention)
+    sh_degree: int = 0  # 0 | 1 (color: sh)
+    backend: str = "auto"  # rasterizer: auto | cpp | gsplat | torch
+    eps2d: float = 0.3  # low-pass dilation of the projected covariances (pixels^2)
+    near_plane: float = 0.01  # Gaussians nearer to the camera are culled (world units)
+    position_lr: float = 0.01  # means: exponential decay from position_lr to position_lr_final ...
+    position_lr_final: float = 0.0002
+    position_lr_steps: int = 300  # ... over this many steps, then constant
+    scale_lr: float = 0.005  # log-scales
+    rotation_lr: float = 0.005  # quaternions
+    opacity_lr: float = 0.05  # opacity logits
+    color_lr: float = 0.01  # colour features (degree-1 SH: color_lr / 20, as 3DGS)
+    densify_from: int = 100  # densify and prune at steps densify_from, +densify_every, ... <= densify_until
+    densify_until: int = 300
+    densify_every: int = 100
+    densify_grad_threshold: float = 0.01  # mean view-space gradient (NDC units) that densifies a Gaussian
+    percent_dense: float = 0.01  # Gaussians larger than percent_dense * scene_extent split, smaller ones clone
+    scene_extent: float = 4.0
+    prune_opacity: float = 0.01  # Gaussians below this opacity are removed when densifying
+    prune_world_fraction: float = 0.1  # ... and those larger than this fraction of scene_extent (0: off)
+    prune_screen_fraction: float = 0.0  # ... and those larger than this fraction of the image side (0: off)
+    opacity_reset_every: int = 0  # steps between opacity resets to 0.01 (0: never)
+    max_gaussians: int = 100000  # no densification beyond this count
+    texture_refine_steps: int = 0  # export: Adam steps fitting the baked texture to Gaussian renders (0: off)
+    texture_refine_views: int = 16  # views of that fit
+    texture_refine_resolution: int = 128  # their side in pixels
+
+
+@dataclass
 class RunConfig:
     prompt: str = "a red cube"
     prior: str = ""  # hub id or local folder; empty = the bundled shapes prior
@@ -191,6 +228,7 @@ class RunConfig:
     name: str = ""  # run folder name; empty = derived from the prompt
     edit_source: str = ""  # `dream3d edit`: the source run folder (its scene is frozen and edited by DDS)
     stage: str = "nerf"  # a registered stage (dream3d.stages): nerf (hash-grid NeRF) | mesh (DMTet, from a NeRF run)
+    # | gaussian (3D Gaussians, splatted)
     init_from: str = ""  # mesh stage: the NeRF run folder it starts from (`dream3d refine` sets it)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -200,6 +238,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    gaussian: GaussianConfig = field(default_factory=GaussianConfig)
 
 
 CHOICES = {
@@ -210,6 +249,8 @@ CHOICES = {
     "geometry.normal_type": ("finite_difference", "forward_difference", "analytic"),
     "render.backend": ("auto", "torch", "nerfacc"),
     "render.background": ("white", "mlp"),
+    "gaussian.color": ("sigmoid", "sh"),
+    "gaussian.backend": ("auto", "cpp", "gsplat", "torch"),
     "guidance.weighting": WEIGHTINGS,
     "guidance.t_schedule": SCHEDULES,
 }
@@ -552,6 +593,18 @@ BOUNDS: dict[str, Range] = {
     "mesh.deform_lr": LR, "mesh.albedo_fit_steps": Range(0, 100_000), "mesh.carve_views": Range(0, 1024),
     "mesh.carve_resolution": Range(8, 2048), "mesh.sdf_regularizer": WEIGHT, "mesh.normal_consistency": WEIGHT,
     "mesh.sdf_anchor": WEIGHT, "mesh.refine_steps": Range(0, MAX_STEPS),
+    "gaussian.num_points": Range(1, 1_000_000), "gaussian.init_radius": Range(0, 100, open_lo=True),
+    "gaussian.init_opacity": Range(0, 1, True, True), "gaussian.sh_degree": Range(0, 1),
+    "gaussian.eps2d": Range(0, 100), "gaussian.near_plane": Range(0, 100, open_lo=True),
+    "gaussian.position_lr": LR, "gaussian.position_lr_final": LR, "gaussian.position_lr_steps": STEP_COUNT,
+    "gaussian.scale_lr": LR, "gaussian.rotation_lr": LR, "gaussian.opacity_lr": LR, "gaussian.color_lr": LR,
+    "gaussian.densify_from": Range(0, MAX_STEPS), "gaussian.densify_until": Range(0, MAX_STEPS),
+    "gaussian.densify_every": STEP_COUNT, "gaussian.densify_grad_threshold": Range(0, 1e6),
+    "gaussian.percent_dense": FRACTION, "gaussian.scene_extent": Range(0, 1000, open_lo=True),
+    "gaussian.prune_opacity": FRACTION, "gaussian.prune_world_fraction": Range(0, 100),
+    "gaussian.prune_screen_fraction": Range(0, 100), "gaussian.opacity_reset_every": Range(0, MAX_STEPS),
+    "gaussian.max_gaussians": Range(1, 10_000_000), "gaussian.texture_refine_steps": Range(0, 100_000),
+    "gaussian.texture_refine_views": Range(1, 1024), "gaussian.texture_refine_resolution": Range(16, 2048),
 }
 
 # the numeric arguments of the tool commands: their ranges (beyond them: one line, exit 2)
@@ -635,6 +688,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("the mesh stage starts from a finished NeRF run: use dream3d refine RUN_DIR")
     if cfg.stage == "mesh" and cfg.edit_source:
         raise ConfigError("dream3d edit works on NeRF runs; edit the NeRF run, then refine the edit")
+    gs = cfg.gaussian
+    if gs.color == "sigmoid" and gs.sh_degree != 0:
+        raise ConfigError("gaussian.sh_degree 1 needs gaussian.color=sh (sigmoid colours have no view dependence)")
     g = cfg.guidance
     if not (0.0 <= g.t_min < g.t_max <= 1.0):
         raise ConfigError(f"guidance.t_min/t_max must satisfy 0 <= t_min < t_max <= 1; got {g.t_min}, {g.t_max}")

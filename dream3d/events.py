@@ -20,7 +20,7 @@ EventKind = Literal["phase", "start", "step", "preview", "checkpoint", "done", "
 PHASES: dict[str, str] = {
     "prior": "loading the prior",
     "mesh_init": "initialising the mesh stage from the NeRF run (carving, signed distance, albedo fit)",
-    "first_step": "first step (the hash-grid kernel is compiled on its first use: up to a minute)",
+    "first_step": "first step (a C++ kernel is compiled on its first use: up to a minute)",
     "export": "exporting the mesh",
     "turntable": "rendering the turntable",
 }

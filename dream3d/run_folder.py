@@ -6,7 +6,8 @@
     checkpoint/       the latest checkpoint (safetensors + meta.json, written atomically; `dream3d.checkpoint`)
     previews/         step_<6-digit step>.png: views around the object during training
     init.json         a mesh stage's record of how it was initialised from its NeRF run
-    export/           model.glb, model.obj + .mtl + textures, export.json, model_obj.zip (the app's download)
+    export/           model.glb, model.obj + .mtl + textures, export.json, model_obj.zip (the app's download),
+                      gaussians.ply (a Gaussian-stage run's Gaussians)
     turntable.mp4|gif the exported turntable video
     thumbnail.png     batch: a front view for the gallery; error.log: batch: the traceback of a failed job
     .dream3d-run.json the marker that the folder is a dream3d run (written with the config)
@@ -38,6 +39,7 @@ from typing import Any, Iterator
 from dream3d.checkpoint import find_checkpoint, load_checkpoint, load_module_tensors
 from dream3d.config import RunConfig, first_difference, load_config, save_config
 from dream3d.errors import Dream3DError, safe_text
+from dream3d.export.gaussian_ply import GAUSSIANS_PLY
 from dream3d.fileio import slugify, write_json_atomic
 from dream3d.lockfile import LockBusy, describe_owner, describe_takeover, held, now_utc
 from dream3d.render.protocol import Renderer
@@ -110,6 +112,11 @@ class RunFolder:
     @property
     def obj(self) -> Path:
         return self.export / "model.obj"
+
+    @property
+    def gaussians_ply(self) -> Path:
+        """A Gaussian-stage run's Gaussians as a 3DGS `.ply` (`dream3d.export.gaussian_ply`)."""
+        return self.export / GAUSSIANS_PLY
 
     @property
     def obj_zip(self) -> Path:

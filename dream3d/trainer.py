@@ -212,7 +212,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        stage_info = self.stage.after_step(self.renderer, self.optimizer, cfg, self.step + 1, self.generator)
         info = {k: float(v) for k, v in gout.info.items()}
+        info.update({k: float(v) for k, v in stage_info.items()})
         info.update({k: float(v.detach()) for k, v in extra.items()})
         info.update(shading=SHADINGS.index(shading), opacity=float(out.opacity.detach().mean()),
                     n_samples=out.n_samples, **self.renderer.stats())

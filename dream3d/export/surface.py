@@ -304,24 +304,35 @@ def extract_surface(geometry, resolution: int = 256, *, level: float | None = No
     else:
         fine = coarse
     t3 = time.perf_counter()
-    verts, faces = marching_cubes(fine.numpy(), level, bound)
+    surface = surface_from_grid(fine, level, bound, min_component_fraction=min_component_fraction,
+                                smooth_iterations=smooth_iterations, max_faces=max_faces)
     del fine
+    stats.update(surface.stats)
+    stats.update(density_queries=int(queries), time_density_s=(t1 - t0) + (t3 - t2), time_level_s=t2 - t1)
+    logger.info("surface: level %.4g, %d faces (%d from marching cubes), %d density queries",
+                level, surface.faces.shape[0], stats["faces_marching_cubes"], queries)
+    surface.stats = stats
+    return surface
+
+
+def surface_from_grid(grid: torch.Tensor, level: float, bound: float, *, min_component_fraction: float = 0.05,
+                      smooth_iterations: int = 3, max_faces: int = 30000) -> Surface:
+    """Steps 4-6 of the module doc on a vertex density grid (n+1)^3 over [-bound, bound]^3 at `level`: marching
+    cubes, floater removal, smoothing, decimation. Raises `Dream3DError` when no usable surface is left."""
+    t0 = time.perf_counter()
+    verts, faces = marching_cubes(grid.numpy(), level, bound)
     if faces.shape[0] == 0:
         raise Dream3DError(f"cannot export: the density field has no surface at level {level:.4g}")
-    stats["faces_marching_cubes"] = int(faces.shape[0])
+    stats: dict = {"faces_marching_cubes": int(faces.shape[0])}
     verts, faces, kept, removed = remove_small_components(verts, faces, min_component_fraction)
-    t4 = time.perf_counter()
+    t1 = time.perf_counter()
     verts = np.clip(taubin_smooth(verts, faces, smooth_iterations), -bound, bound)
     verts, faces = decimate(verts, faces, max_faces)
     if faces.shape[0] < 4:
         raise Dream3DError("cannot export: the extracted surface is degenerate (fewer than 4 faces)")
     normals = vertex_normals(verts, faces)
-    t5 = time.perf_counter()
-    stats.update(level=float(level), density_queries=int(queries), components_kept=kept,
-                 components_removed=removed, faces=int(faces.shape[0]), vertices=int(verts.shape[0]),
-                 watertight=is_closed(faces), volume=signed_volume(verts, faces),
-                 time_density_s=(t1 - t0) + (t3 - t2), time_level_s=t2 - t1, time_marching_cubes_s=t4 - t3,
-                 time_smooth_decimate_s=t5 - t4)
-    logger.info("surface: level %.4g, %d faces (%d from marching cubes), %d density queries",
-                level, faces.shape[0], stats["faces_marching_cubes"], queries)
+    t2 = time.perf_counter()
+    stats.update(level=float(level), components_kept=kept, components_removed=removed, faces=int(faces.shape[0]),
+                 vertices=int(verts.shape[0]), watertight=is_closed(faces), volume=signed_volume(verts, faces),
+                 time_marching_cubes_s=t1 - t0, time_smooth_decimate_s=t2 - t1)
     return Surface(verts, faces, normals, float(level), stats)

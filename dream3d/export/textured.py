@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,14 +31,19 @@ def check_export_args(formats, texture_size: int) -> tuple[str, ...]:
 
 def write_textured(geometry, vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray,
                    out_dir: str | os.PathLike, formats: tuple[str, ...], texture_size: int, uv_padding: int,
-                   name: str, device: torch.device, chunk: int, bake_mode: str = "rendered"
+                   name: str, device: torch.device, chunk: int, bake_mode: str = "rendered",
+                   refine: Callable[[UVMesh, np.ndarray], tuple[np.ndarray, dict]] | None = None
                    ) -> tuple[dict[str, Path], UVMesh, dict]:
     """Unwrap (vertices (V,3), faces (F,3), normals (V,3)), bake the geometry's albedo (`bake_albedo` mode), write
-    `<name>.glb` / `<name>.obj` (+ .mtl, texture). Returns (files, uv mesh, stats incl. time_uv_s/bake_s/write_s)."""
+    `<name>.glb` / `<name>.obj` (+ .mtl, texture). refine: (uv mesh, texture (T,T,3) uint8) -> (texture, stats),
+    applied to the baked texture before writing. Returns (files, uv mesh, stats incl. time_uv_s/bake_s/write_s)."""
     t0 = time.perf_counter()
     mesh = unwrap(vertices, faces, normals, texture_size, uv_padding)
     t1 = time.perf_counter()
     texture, stats = bake_albedo(geometry, mesh, texture_size, device, chunk, mode=bake_mode)
+    if refine is not None:
+        texture, refine_stats = refine(mesh, texture)
+        stats.update(refine_stats)
     t2 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,7 @@ def _export(run: RunFolder, cfg: RunConfig, renderer: Renderer, formats: list[st
     t0 = time.time()
     with torch.no_grad():
         result = get_stage(cfg.stage).export(renderer, run.export, list(formats or e.formats),
-                                             resolution or e.resolution, texture_size or e.texture_size)
+                                             resolution or e.resolution, texture_size or e.texture_size, cfg=cfg)
     log(f"exported {', '.join(p.name for p in result['files'].values())} in {time.time() - t0:.1f} s "
         f"({result['stats']['faces']} faces)")
     if e.turntable if turntable is None else turntable:

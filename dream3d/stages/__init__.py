@@ -1,6 +1,6 @@
 """The stages a run can be: each registered once with how to build its renderer, optimise it, start it and
-export it. `stage: nerf` (volume rendering of a hash-grid NeRF) and `stage: mesh` (DMTet + rasterizer, started
-from a finished NeRF run) are registered here; a new stage is one module with a `Stage` subclass, registered
+export it. `stage: nerf` (volume rendering of a hash-grid NeRF), `stage: mesh` (DMTet + rasterizer, started
+from a finished NeRF run) and `stage: gaussian` (3D Gaussians, splatted) are registered here; a new stage is one module with a `Stage` subclass, registered
 below, plus its recipe in configs/.
 
 Example:
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dream3d.errors import ConfigError
 from dream3d.stages.base import Stage
+from dream3d.stages.gaussian import GaussianStage
 from dream3d.stages.mesh import MeshStage
 from dream3d.stages.nerf import NerfStage
 
@@ -42,5 +43,6 @@ def build_renderer(cfg):
 
 register_stage(NerfStage())
 register_stage(MeshStage())
+register_stage(GaussianStage())
 
 __all__ = ["Stage", "build_renderer", "get_stage", "register_stage", "stage_names"]

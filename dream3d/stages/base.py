@@ -46,7 +46,15 @@ class Stage(ABC):
         JSON-serialisable record of what was done."""
         raise ConfigError(f"the {self.name} stage does not start from another run")
 
+    def after_step(self, renderer: Renderer, optimizer: torch.optim.Optimizer, cfg: RunConfig, step: int,
+                   generator: torch.Generator) -> dict[str, float]:
+        """The trainer's hook after each optimizer step (`step`: steps done, counting this one): a stage whose
+        parameters change shape (the Gaussian stage's densification) edits them and the optimizer's state here,
+        drawing any randomness from `generator` (checkpointed). Returns figures for the metrics log."""
+        return {}
+
     @abstractmethod
     def export(self, renderer: Renderer, out_dir: Path, formats: list[str], resolution: int,
-               texture_size: int) -> dict:
-        """Write the textured meshes into `out_dir`; returns {"files": {kind: Path}, "stats": {...}}."""
+               texture_size: int, cfg: RunConfig | None = None) -> dict:
+        """Write the textured meshes into `out_dir` (cfg: the run's config, for a stage's own export settings);
+        returns {"files": {kind: Path}, "stats": {...}}."""

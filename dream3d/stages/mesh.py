@@ -49,7 +49,7 @@ class MeshStage(Stage):
         return {**stats, "source": str(cfg.init_from)}
 
     def export(self, renderer: Renderer, out_dir: Path, formats: list[str], resolution: int,
-               texture_size: int) -> dict:
+               texture_size: int, cfg: RunConfig | None = None) -> dict:
         from dream3d.export.mesh_export import export_mesh_geometry
 
         return export_mesh_geometry(renderer.geometry, out_dir, formats=formats, texture_size=texture_size)

@@ -35,7 +35,7 @@ class NerfStage(Stage):
         return [{"params": list(renderer.geometry.encoding.parameters()), "lr": o.lr * o.encoding_lr_multiplier}]
 
     def export(self, renderer: Renderer, out_dir: Path, formats: list[str], resolution: int,
-               texture_size: int) -> dict:
+               texture_size: int, cfg: RunConfig | None = None) -> dict:
         from dream3d.export import export_geometry
 
         return export_geometry(renderer.geometry, out_dir, formats=formats, resolution=resolution,
