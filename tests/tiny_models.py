@@ -386,6 +386,28 @@ class PointMassPrior:
         return x0
 
 
+class GaussianPrior(PointMassPrior):
+    """A pixel prior whose data distribution, given prompt y, is N(μ(y), std²·I) (μ: the `targets`, as in
+    `PointMassPrior`); std = 0 is the point mass.
+
+    Its ε-prediction is the exact posterior mean E[ε | x_t]: with x_t = α x0 + σ ε, x0 ~ N(μ, std²I) and
+    ε ~ N(0, I) independent, (ε, x_t) are jointly Gaussian with Cov(ε, x_t) = σI and Var(x_t) = (α²std² + σ²)I, so
+
+        ε̂(x_t) = σ (x_t − α μ) / (α² std² + σ²)      (α² = ᾱ_t, σ² = 1 − ᾱ_t; float64).
+    """
+
+    def __init__(self, targets: dict[str, torch.Tensor], std: float = 0.5, **kw):
+        super().__init__(targets, **kw)
+        self.std = float(std)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, cameras=None) -> torch.Tensor:
+        self.eps_batches.append(x_t.shape[0])
+        self.cameras_seen.append(cameras)
+        abar = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        mu = emb.reshape(x_t.shape)
+        return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * self.std ** 2 + 1 - abar)
+
+
 class OraclePrior(PointMassPrior):
     """Predicts exactly the noise it is told (`self.noise`, (B,C,H,W)), for every prompt and branch."""
 
