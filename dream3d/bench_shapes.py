@@ -13,8 +13,8 @@ Per (method, prompt, seed) a full generation runs, then:
 - seconds: wall time of the generation (of this invocation's part when it resumed from a checkpoint).
 
 Resuming: every finished row is appended to `rows.jsonl` in the output folder; a rerun of the same command skips
-the rows found there (same method, stage, prompt, seed, steps and overrides), and a run interrupted mid-training
-resumes from its run folder's last checkpoint (`resumed_from` in its row: the step it resumed at).
+the rows found there (same method, stage, prompt, seed, steps, config file and overrides), and a run cut off
+mid-training resumes from its run folder's last checkpoint (`resumed_from` in its row: the step it resumed at).
 
 `stages` (`--stages nerf,mesh`): after the NeRF run, the mesh stage (`dream3d refine` with configs/mesh.yaml)
 runs on it and is scored the same way, with the DMTet mesh itself as the surface (occupancy by ray parity,
@@ -122,18 +122,18 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def row_key(row: dict) -> tuple:
-    """What identifies a benchmark row: method, stage, prompt, seed, steps and the config overrides."""
+    """What identifies a benchmark row: method, stage, prompt, seed, steps, config file and config overrides."""
     return (row["method"], row.get("stage", "nerf"), row["prompt"], row["seed"], row.get("steps"),
-            tuple(row.get("overrides", ())))
+            row.get("config"), tuple(row.get("overrides", ())))
 
 
-def run_folder_name(method: str, prompt: str, seed: int, overrides: list[str]) -> str:
-    """`<method>-<color>-<shape>-s<seed>`, plus `-o<hash>` of the overrides when there are any (so that runs with
-    other overrides never resume each other's checkpoints)."""
+def run_folder_name(method: str, prompt: str, seed: int, overrides: list[str] = (), config: str | None = None) -> str:
+    """`<method>-<color>-<shape>-s<seed>`, plus `-o<hash>` of the config file and overrides when there are any (so
+    that runs with other settings never resume each other's checkpoints)."""
     sp = parse_prompt(prompt)
     name = f"{method}-{sp.color}-{sp.shape}-s{seed}"
-    if overrides:
-        name += "-o" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
+    if overrides or config:
+        name += "-o" + hashlib.sha1("\n".join([config or "", *overrides]).encode()).hexdigest()[:8]
     return name
 
 
@@ -144,8 +144,8 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
     """Run every (method, prompt, seed) through the stages; print a per-row line and a mean table; return the rows.
 
     Rows go to `<out_root>/rows.jsonl` as they finish; rows already there (same `row_key`) are kept and not
-    rerun, so an interrupted benchmark continues where it stopped. With `json_path`, all the rows (those found and
-    the new ones) are also written there as one JSON list after every row.
+    rerun, so an interrupted benchmark continues where it stopped. Returns (and tabulates) this command's rows,
+    found or new; with `json_path` they are also written there as one JSON list after every row.
     """
     from dream3d.pipeline import mesh_stage_config
     from dream3d.run_folder import RunFolder
@@ -166,22 +166,26 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
     rows_path = Path(out_root) / ROWS_FILE
     rows = read_rows(rows_path)
     if rows:
-        log(f"continuing {rows_path}: {len(rows)} rows already done")
+        log(f"continuing {rows_path} ({len(rows)} rows)")
     done = {row_key(r) for r in rows}
+    mine: list[dict] = []
     prior = None
     for method in methods:
         cfg_file = config_file(config) if config else recipe_path(method)
         for prompt in prompts:
             for seed in seeds:
-                base = {"method": method, "prompt": prompt, "seed": seed, "steps": steps, "overrides": overrides}
-                if all(row_key({**base, "stage": st}) in done for st in stages):
+                base = {"method": method, "prompt": prompt, "seed": seed, "steps": steps, "config": config,
+                        "overrides": overrides}
+                keys = [row_key({**base, "stage": st}) for st in stages]
+                mine += [r for r in rows if row_key(r) in keys]
+                if all(k in done for k in keys):
                     continue
                 over = [f"guidance.method={method}", f"seed={seed}", "export.enabled=false", *overrides]
                 if steps is not None:
                     over.append(f"steps={steps}")
                 cfg = load_config(cfg_file, over)
                 cfg.prompt = prompt
-                run_dir = Path(out_root) / run_folder_name(method, prompt, seed, overrides)
+                run_dir = Path(out_root) / run_folder_name(method, prompt, seed, overrides, config)
                 started: dict[str, int] = {}
                 def record_start(event, started=started):
                     if event.kind == "start" and event.resumed:
@@ -206,7 +210,7 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
                     row["seconds"] = round(seconds, 1)
                     if stage in started:
                         row["resumed_from"] = started[stage]
-                    rows.append(row)
+                    mine.append(row)
                     done.add(row_key(row))
                     append_row(rows_path, row)
                     janus = "" if row["janus"] is None else f" janus {'yes' if row['janus'] else 'no'}"
@@ -214,14 +218,18 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
                         f"sil {row['silhouette_iou']:.3f} chamfer {row['chamfer']:.4f}{janus} "
                         f"({row['seconds']:.0f} s)")
                     if json_path:
-                        Path(json_path).write_text(json.dumps(rows, indent=1))
-    log(format_table(rows))
-    return rows
+                        Path(json_path).write_text(json.dumps(mine, indent=1))
+    log(format_table(mine))
+    return mine
 
 
-def row_label(row: dict) -> str:
-    """The method of a row, followed by its config overrides when it has any."""
-    return " ".join([row["method"], *row.get("overrides", ())])
+def row_labels(rows: list[dict]) -> list[str]:
+    """Each row's method; followed by the row's config overrides where one method ran with several sets of them."""
+    sets: dict[str, set] = {}
+    for r in rows:
+        sets.setdefault(r["method"], set()).add(tuple(r.get("overrides", ())))
+    return [" ".join([r["method"], *r.get("overrides", ())]) if len(sets[r["method"]]) > 1 else r["method"]
+            for r in rows]
 
 
 def janus_rate(rows: list[dict]) -> str:
@@ -232,29 +240,27 @@ def janus_rate(rows: list[dict]) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """Mean iou / silhouette_iou / chamfer / seconds and the Janus rate per (method, stage) and per (method, stage,
-    shape) (method: `row_label`); with both stages, the mean gain of the mesh stage over the NeRF it started from,
+    shape) (method: `row_labels`); with both stages, the mean gain of the mesh stage over the NeRF it started from,
     per shape, over paired runs."""
-    width = max([6] + [len(row_label(r)) for r in rows])
+    labelled = list(zip(row_labels(rows), rows))
+    width = max([6] + [len(label) for label, _ in labelled])
     lines = [f"{'method':{width}s} {'stage':5s} {'shape':9s} {'iou':>6s} {'sil':>7s} {'chamfer':>8s} {'sec':>6s} "
              f"{'janus':>6s}"]
-    groups = dict.fromkeys((row_label(r), r.get("stage", "nerf")) for r in rows)
-    for label, stage in groups:
-        mr = [r for r in rows if row_label(r) == label and r.get("stage", "nerf") == stage]
+    for label, stage in dict.fromkeys((label, r.get("stage", "nerf")) for label, r in labelled):
+        mr = [r for lab, r in labelled if lab == label and r.get("stage", "nerf") == stage]
         for shape, sr in _by_shape(mr):
             lines.append(f"{label:{width}s} {stage:5s} {shape:9s} {np.mean([r['iou'] for r in sr]):6.3f} "
                          f"{np.mean([r['silhouette_iou'] for r in sr]):7.4f} "
                          f"{np.mean([r['chamfer'] for r in sr]):8.4f} {np.mean([r['seconds'] for r in sr]):6.0f} "
                          f"{janus_rate(sr):>6s}")
-
-    def run_key(r: dict) -> tuple:
-        return row_label(r), r["prompt"], r["seed"], r.get("steps")
-
-    nerf = {run_key(r): r for r in rows if r.get("stage", "nerf") == "nerf"}
-    pairs = [(r, nerf[run_key(r)]) for r in rows if r.get("stage") == "mesh" and run_key(r) in nerf]
+    nerf = {(label, r["prompt"], r["seed"], r.get("steps")): r for label, r in labelled
+            if r.get("stage", "nerf") == "nerf"}
+    pairs = [(label, r, nerf[key]) for label, r in labelled
+             if r.get("stage") == "mesh" and (key := (label, r["prompt"], r["seed"], r.get("steps"))) in nerf]
     if pairs:
         lines.append(f"{'method':{width}s} mesh-nerf {'shape':9s} {'d_iou':>6s} {'d_sil':>7s} {'runs':>4s}")
-        for label in dict.fromkeys(row_label(m) for m, _ in pairs):
-            mp = [(m, n) for m, n in pairs if row_label(m) == label]
+        for label in dict.fromkeys(lab for lab, _, _ in pairs):
+            mp = [(m, n) for lab, m, n in pairs if lab == label]
             for shape, sp in _by_shape(mp, key=lambda p: p[0]):
                 d_iou = np.mean([m["iou"] - n["iou"] for m, n in sp])
                 d_sil = np.mean([m["silhouette_iou"] - n["silhouette_iou"] for m, n in sp])

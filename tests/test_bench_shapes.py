@@ -144,6 +144,8 @@ def test_bench_appends_each_row_as_it_finishes_and_resumes_the_rest(tmp_path, mo
     assert [r["prompt"] for r in read_rows(tmp_path / "b" / ROWS_FILE)] == ["a red cube", "a red wedge"] == [
         r["prompt"] for r in rows]
     assert rows[1]["janus"] is True and rows[0]["janus"] is None
+    prompts.write_text("a red cube\n")  # another command on the same folder: its own rows only
+    assert bench_shapes(["sds"], str(prompts), **quiet) == rows[:1] and len(trained) == 2
 
 
 # --- Janus ------------------------------------------------------------------------------------------------------
