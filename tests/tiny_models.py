@@ -386,6 +386,21 @@ class PointMassPrior:
         return x0
 
 
+class GaussianPrior(PointMassPrior):
+    """Data ~ N(μ(y), std²I) with μ(y) the prompt's target: ε̂(x_t) = σ(x_t − αμ)/(α²std² + σ²) (closed form,
+    float64). Its probability-flow ODE is solvable: in x̄ = x_t/α, λ = σ/α, x̄(λ) − μ = (x0 − μ)·√(std² + λ²)/std."""
+
+    def __init__(self, targets: dict[str, torch.Tensor], std: float = 0.5, **kw):
+        super().__init__(targets, **kw)
+        self.std = std
+
+    def eps(self, x_t, t, emb, cameras=None):
+        self.eps_batches.append(x_t.shape[0])
+        abar = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        mu = emb.reshape(x_t.shape)
+        return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * self.std ** 2 + 1 - abar)
+
+
 class OraclePrior(PointMassPrior):
     """Predicts exactly the noise it is told (`self.noise`, (B,C,H,W)), for every prompt and branch."""
 
