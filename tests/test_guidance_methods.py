@@ -376,7 +376,8 @@ def _render_batch(prompt="a red cube", b=2, size=12, **kw):
                             "total_steps": 10, "depth": depth, "opacity": opacity, **kw})
 
 
-@pytest.mark.parametrize("config", ["vsd", "nfsd", "ssd", "cfd", "dds-edit"])
+@pytest.mark.parametrize("config", ["vsd", "nfsd", "ssd", "cfd", "dds-edit", "sdi", "ism", "csd", "asd", "perpneg",
+                                    "esd"])
 @pytest.mark.parametrize("name", ["sd", "if", "bundled"])
 def test_each_method_runs_one_step_via_build_guidance(tiny_priors, name, config):
     prior = tiny_priors[name]

@@ -394,6 +394,8 @@ class GaussianPrior(PointMassPrior):
     ε ~ N(0, I) independent, (ε, x_t) are jointly Gaussian with Cov(ε, x_t) = σI and Var(x_t) = (α²std² + σ²)I, so
 
         ε̂(x_t) = σ (x_t − α μ) / (α² std² + σ²)      (α² = ᾱ_t, σ² = 1 − ᾱ_t; float64).
+
+    Its probability-flow ODE is solvable: in x̄ = x_t/α, λ = σ/α, x̄(λ) − μ = (x0 − μ)·√(std² + λ²)/std.
     """
 
     def __init__(self, targets: dict[str, torch.Tensor], std: float = 0.5, **kw):

@@ -8,7 +8,9 @@ prediction one interval earlier on the DDIM (η = 0) trajectory of the render:
     x_t = one DDIM step from x_s to t with ε_∅(x_s, s)
     g   = w(t)·(ε̂_s(x_t; y, t) − ε_∅(x_s; s))          (the ISM gradient; w = "lambda", σ_t/α_t)
 
-ε_∅ is the prior with the batch's negative prompt ("" = the empty prompt). Official code read: LucidDreamer
+ε_∅ is the prior with the empty prompt (LucidDreamer's `inverse_text` ""); the CFG's unconditional branch ε_u at t
+is the batch's negative prompt, as LucidDreamer's `negative` (the two coincide for an empty negative prompt).
+Official code read: LucidDreamer
 `guidance/sd_utils.py` (`train_step`, `add_noise_with_cfg`), `guidance/sd_step.py`, `arguments/__init__.py` and
 `configs/hamburger.yaml`. Its defaults: s = 7.5 (diffusers form), w(t) = √((1 − ᾱ_t)/ᾱ_t), δ_T = 50 (annealed
 from 100 over the warm-up), inversion stride δ_S = 200 with at most 5 steps, unconditional inversion
@@ -66,10 +68,11 @@ class ISMGuidance(SDSGuidance):
 
     def interval(self, x: torch.Tensor, t: torch.Tensor, batch: GuidanceBatch
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_s, ε_∅(x_s, s), x_t), each like x (B,C,h,w), and s (B,) is t − δ_T clamped at 0: the render's DDIM
-        inversion to s and one more DDIM step to t."""
+        """(x_s, ε_∅(x_s, s), x_t), each like x (B,C,h,w), s (B,) = t − δ_T clamped at 0: the render's DDIM
+        inversion to s with the empty prompt and one more DDIM step to t."""
         s = (t - self.delta).clamp(min=0)
-        emb_u = self.prior.encode_text(self.prompts(batch, x.shape[0])[1])
+        self.prompts(batch, x.shape[0])  # validates the prompt
+        emb_u = self.prior.encode_text([""] * x.shape[0])
         eps_u = lambda x_a, t_a: self.prior.eps(x_a, t_a, emb_u, batch.cameras)  # noqa: E731
         acp = self.prior.alphas_cumprod
         x_s = ddim_walk(eps_u, x.detach(), inversion_path(s, self.stride), acp)
