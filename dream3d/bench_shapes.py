@@ -137,6 +137,14 @@ def run_folder_name(method: str, prompt: str, seed: int, overrides: list[str] = 
     return name
 
 
+class ResumedSteps(dict):
+    """A trainer's events callback that records, per stage, the step it resumed from (its "start" event)."""
+
+    def __call__(self, event) -> None:
+        if event.kind == "start" and event.resumed:
+            self[event.stage] = event.step
+
+
 def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: list[int] = (0, 1),
                  steps: int | None = None, json_path: str | None = None, config: str | None = None,
                  out_root: str = "outputs/bench", overrides: list[str] = (), log=print,
@@ -186,20 +194,16 @@ def bench_shapes(methods: list[str], prompts_file: str | None = None, seeds: lis
                 cfg = load_config(cfg_file, over)
                 cfg.prompt = prompt
                 run_dir = Path(out_root) / run_folder_name(method, prompt, seed, overrides, config)
-                started: dict[str, int] = {}
-                def record_start(event, started=started):
-                    if event.kind == "start" and event.resumed:
-                        started[event.stage] = event.step
+                started = ResumedSteps()
                 t0 = time.time()
-                trainer = Trainer(cfg, run_dir, prior=prior, events=record_start)
+                trainer = Trainer(cfg, run_dir, prior=prior, events=started)
                 prior = trainer.prior if not cfg.prior else prior
                 trainer.train(handle_signals=False)
                 runs = [("nerf", trainer, time.time() - t0)]
                 if "mesh" in stages:
                     t0 = time.time()
                     mesh_cfg = mesh_stage_config(run_dir, overrides=["export.enabled=false"])
-                    mesh_trainer = Trainer(mesh_cfg, RunFolder(run_dir).mesh_stage, prior=prior,
-                                           events=record_start)
+                    mesh_trainer = Trainer(mesh_cfg, RunFolder(run_dir).mesh_stage, prior=prior, events=started)
                     mesh_trainer.train(handle_signals=False)
                     runs.append(("mesh", mesh_trainer, time.time() - t0))
                 for stage, tr, seconds in runs:

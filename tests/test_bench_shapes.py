@@ -111,6 +111,7 @@ def test_bench_appends_each_row_as_it_finishes_and_resumes_the_rest(tmp_path, mo
     """An interruption after the first row leaves that row in rows.jsonl; the rerun trains only the second."""
     import dream3d.bench_shapes as bench
     import dream3d.trainer
+    from dream3d.events import Event
     from dream3d.bench_shapes import ROWS_FILE, bench_shapes, read_rows
 
     prompts = tmp_path / "prompts.txt"
@@ -122,9 +123,11 @@ def test_bench_appends_each_row_as_it_finishes_and_resumes_the_rest(tmp_path, mo
             if cfg.prompt == "a red wedge" and interrupt[0]:
                 raise KeyboardInterrupt  # interrupted while the second row trains
             trained.append(cfg.prompt)
-            self.prior, self.renderer, self.cfg = None, torch.nn.Identity(), cfg
+            self.prior, self.renderer, self.cfg, self.events = None, torch.nn.Identity(), cfg, events
 
         def train(self, handle_signals=True):
+            if self.cfg.prompt == "a red wedge":  # the wedge's run resumes from a checkpoint of step 200
+                self.events(Event("start", 200, 5, Path("run"), resumed=True))
             return "done"
 
     def fake_score(renderer, shape):
@@ -144,6 +147,7 @@ def test_bench_appends_each_row_as_it_finishes_and_resumes_the_rest(tmp_path, mo
     assert [r["prompt"] for r in read_rows(tmp_path / "b" / ROWS_FILE)] == ["a red cube", "a red wedge"] == [
         r["prompt"] for r in rows]
     assert rows[1]["janus"] is True and rows[0]["janus"] is None
+    assert rows[1]["resumed_from"] == 200 and "resumed_from" not in rows[0]
     prompts.write_text("a red cube\n")  # another command on the same folder: its own rows only
     assert bench_shapes(["sds"], str(prompts), **quiet) == rows[:1] and len(trained) == 2
 
