@@ -183,6 +183,11 @@ def test_janus_against_ground_truth_grids():
         s = janus_scores(grid, wedge)
         assert s["janus"] is True and s["mirror_iou"] == pytest.approx(1.0)
         assert s["iou_turned"] == pytest.approx(volume_iou(grid, wedge), abs=1e-9)  # the turn does not decide it
+    # the wedge with the lower part of its back sloped as well: up to y = -0.2 its mirror IoU (about 0.47) stays
+    # below halfway between 1/3 and 1, so not Janus; up to y = 0.1 (about 0.79) Janus, though it fits the truth better
+    half_sloped = [janus_scores(wedge | (mirror_front_back(wedge) & (p[..., 1] < y)), wedge) for y in (-0.2, 0.1)]
+    assert 1 / 3 < half_sloped[0]["mirror_iou"] < 2 / 3 < half_sloped[1]["mirror_iou"]
+    assert [s["janus"] for s in half_sloped] == [False, True]
     # a slightly eroded true wedge stays not Janus; the other shapes are not judged
     eroded = sdf("wedge", p) < -0.05
     assert janus_scores(eroded, wedge)["janus"] is False
