@@ -187,11 +187,15 @@ def test_ism_interval_inverts_and_denoises_back_to_x0():
 
 
 def test_ism_interval_at_small_t_starts_at_zero():
-    prior = PointMassPrior(_targets("a red cube", "", seed=13))
+    """t < δ_T: s = 0, so ε_∅ is asked at timestep 0 on the inversion's x_0."""
+    targets, prior = _gaussian(13)
     ism = ISMGuidance(prior, delta_t=0.05)
-    g = ism.grad(_randn(1, *SHAPE, seed=14), torch.tensor([30]), torch.zeros(1, *SHAPE, dtype=torch.float64),
-                 _batch())
-    assert torch.isfinite(g).all()
+    x0 = _randn(1, *SHAPE, seed=14)
+    x_s, eps_s, x_t = ism.interval(x0, torch.tensor([30]), _batch())
+    zero = torch.tensor([0])
+    assert torch.allclose(eps_s, prior.eps(x_s, zero, prior.encode_text([""])), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(x_s, ddim_step(x0, prior.eps(x0, zero, prior.encode_text([""])), torch.ones(1),
+                                         abar_at(prior.alphas_cumprod, zero)), rtol=1e-12, atol=1e-12)
 
 
 # --- CSD -----------------------------------------------------------------------------------------------------------
