@@ -32,7 +32,7 @@ from dream3d.guidance.sdi import SDIGuidance
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.vsd import VSDGuidance
 from dream3d.system import build_guidance
-from tiny_models import GaussianPrior, PointMassPrior
+from tiny_models import GaussianPrior, PointMassPrior, randn64, random_targets, torch_threads
 
 SHAPE = (3, 4, 4)
 STD = 0.5
@@ -43,19 +43,16 @@ NEW_METHODS = ["sdi", "ism", "csd", "asd", "perpneg", "esd"]
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One intra-op thread: ESD's φ backward is then bitwise reproducible (the resume test needs it)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 def _randn(*shape, seed: int = 0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return randn64(*shape, seed=seed)
 
 
 def _targets(*prompts: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {p: torch.randn(SHAPE, generator=gen).double() for p in prompts}
+    return random_targets(SHAPE, *prompts, seed=seed)
 
 
 def _batch(prompt: str = "a red cube", **kw) -> GuidanceBatch:
@@ -190,11 +187,15 @@ def test_ism_interval_inverts_and_denoises_back_to_x0():
 
 
 def test_ism_interval_at_small_t_starts_at_zero():
-    prior = PointMassPrior(_targets("a red cube", "", seed=13))
+    """t < δ_T: s = 0, so ε_∅ is asked at timestep 0 on the inversion's x_0."""
+    targets, prior = _gaussian(13)
     ism = ISMGuidance(prior, delta_t=0.05)
-    g = ism.grad(_randn(1, *SHAPE, seed=14), torch.tensor([30]), torch.zeros(1, *SHAPE, dtype=torch.float64),
-                 _batch())
-    assert torch.isfinite(g).all()
+    x0 = _randn(1, *SHAPE, seed=14)
+    x_s, eps_s, x_t = ism.interval(x0, torch.tensor([30]), _batch())
+    zero = torch.tensor([0])
+    assert torch.allclose(eps_s, prior.eps(x_s, zero, prior.encode_text([""])), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(x_s, ddim_step(x0, prior.eps(x0, zero, prior.encode_text([""])), torch.ones(1),
+                                         abar_at(prior.alphas_cumprod, zero)), rtol=1e-12, atol=1e-12)
 
 
 # --- CSD -----------------------------------------------------------------------------------------------------------
@@ -282,7 +283,8 @@ def test_perpneg_view_weights_are_threestudios():
     e = torch.exp(torch.tensor(-0.5, dtype=torch.float64))
     assert torch.allclose(f[0], torch.stack([4 * e - 2.426, torch.tensor(4 - 2.426).double()]), atol=1e-12)
     assert abs(f[0, 0]) < 1e-3 and negs[0].tolist() == [0, 1]
-    assert torch.allclose(f[1], torch.tensor([0.0, 1.574], dtype=torch.float64), atol=1e-3) and negs[1].tolist() == [1, 0]
+    assert torch.allclose(f[1], torch.tensor([0.0, 1.574], dtype=torch.float64), atol=1e-3)
+    assert negs[1].tolist() == [1, 0]
     assert torch.allclose(f[2], torch.tensor([0.394, 1.967], dtype=torch.float64), atol=1e-12)
     assert negs[2].tolist() == [1, 0] and between[2].tolist() == [1, 2] and r[2] == 0.0
     assert r[3] == 0.5 and torch.equal(f[4], torch.zeros(2, dtype=torch.float64))
@@ -324,7 +326,8 @@ def test_perpneg_on_point_masses_pulls_towards_the_projected_target():
     for a in az:  # the closed form per camera, from the module doc's formulas
         if a < 90:
             r = 1 - a / 90
-            pos, negs = r * fr + (1 - r) * si, [(fr, 4 * math.exp(-r / 2) - 2.426), (si, 4 * math.exp(-(1 - r) / 2) - 2.426)]
+            pos = r * fr + (1 - r) * si
+            negs = [(fr, 4 * math.exp(-r / 2) - 2.426), (si, 4 * math.exp(-(1 - r) / 2) - 2.426)]
         else:
             r = 2 - a / 90
             e = math.exp(-r / 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import string
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -339,6 +340,28 @@ def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-
     """ᾱ_t = Π_{s≤t}(1 − β_s) for linear betas, computed here (not by diffusers)."""
     betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, 0).to(dtype)
+
+
+def randn64(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Standard normal float64 noise of `shape` from its own seeded generator."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def random_targets(shape: tuple[int, ...], *prompts: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One random float64 target x* of `shape` per prompt (for `PointMassPrior` / `GaussianPrior`)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {p: torch.randn(shape, generator=gen).double() for p in prompts}
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to n inside the block (one thread: bitwise-reproducible backward passes)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class PointMassPrior:
