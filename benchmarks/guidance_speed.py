@@ -18,6 +18,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def main() -> None:
+    from dream3d.batch.worker import PRIOR_MUTATING_METHODS
     from dream3d.config import load_config
     from dream3d.trainer import Trainer
 
@@ -35,8 +36,9 @@ def main() -> None:
             cfg = load_config(CONFIGS / f"{m}.yaml", ["export.enabled=false", "preview_every=100000",
                                                       "checkpoint_every=100000"])
             cfg.prompt = a.prompt
-            tr = Trainer(cfg, Path(tmp) / m, prior=None if m == "vsd" else prior)  # VSD adds a LoRA to its prior
-            prior = prior if m == "vsd" else tr.prior
+            own = m in PRIOR_MUTATING_METHODS  # VSD and ESD add a LoRA to their prior
+            tr = Trainer(cfg, Path(tmp) / m, prior=None if own else prior)
+            prior = prior if own else tr.prior
             for _ in range(a.warmup):
                 tr.train_step()
                 tr.step += 1
@@ -50,10 +52,10 @@ def main() -> None:
                     tr.step += 1
                 times[m].append((time.perf_counter() - t0) / a.steps)
     base = statistics.median(times[methods[0]])
-    print(f"{'method':6s} {'s/step':>7s} {'x ' + methods[0]:>8s}")
+    print(f"{'method':8s} {'s/step':>7s} {'x ' + methods[0]:>8s}")
     for m in methods:
         med = statistics.median(times[m])
-        print(f"{m:6s} {med:7.3f} {med / base:8.2f}")
+        print(f"{m:8s} {med:7.3f} {med / base:8.2f}")
 
 
 if __name__ == "__main__":

@@ -419,8 +419,10 @@ def _add_bench_commands(sub) -> None:
     sh.add_argument("--steps", type=int, default=None, help="optimisation steps of every run (default: each "
                                                             "method's recipe)")
     sh.add_argument("--config", default=None, help=CONFIG_HELP + " for every run (default: each method's recipe)")
-    sh.add_argument("--out", default="outputs/bench", help="the folder of the benchmark's run folders")
-    sh.add_argument("--json", default=None, help="the results file; a rerun continues from it (default: none)")
+    sh.add_argument("--out", default="outputs/bench", help="the folder of the benchmark's run folders and of "
+                                                          "rows.jsonl, its rows as they finish; rerunning the same "
+                                                          "command continues from it")
+    sh.add_argument("--json", default=None, help="also write all the rows to this JSON file (default: none)")
     sh.add_argument("words", nargs="*", metavar="key=value", help="config overrides")
     sh.set_defaults(func=cmd_bench_shapes)
 

@@ -23,7 +23,7 @@ from dream3d.guidance.ssd import SSDGuidance
 from dream3d.guidance.surface_noise import SurfaceNoise
 from dream3d.guidance.vsd import VSDGuidance
 from dream3d.system import build_guidance
-from tiny_models import OraclePrior, PointMassPrior, ddpm_alphas_cumprod
+from tiny_models import GaussianPrior, OraclePrior, PointMassPrior, ddpm_alphas_cumprod
 
 SHAPE = (3, 4, 4)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -64,20 +64,6 @@ def _pm_eps(prior, x_t, t, x_star):
     """Point-mass ε̂ = (x_t − α x*)/σ, evaluated here independently of the prior class."""
     abar = _abar(prior, t)
     return (x_t - abar.sqrt() * x_star) / (1.0 - abar).sqrt()
-
-
-class GaussianPrior(PointMassPrior):
-    """Data ~ N(μ(y), std²I): ε̂(x_t) = σ(x_t − αμ)/(α²std² + σ²) (closed form, float64)."""
-
-    def __init__(self, targets, std: float = 0.5, **kw):
-        super().__init__(targets, **kw)
-        self.std = std
-
-    def eps(self, x_t, t, emb, cameras=None):
-        self.eps_batches.append(x_t.shape[0])
-        abar = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
-        mu = emb.reshape(x_t.shape)
-        return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * self.std ** 2 + 1 - abar)
 
 
 # --- NFSD ----------------------------------------------------------------------------------------------------------
@@ -390,7 +376,8 @@ def _render_batch(prompt="a red cube", b=2, size=12, **kw):
                             "total_steps": 10, "depth": depth, "opacity": opacity, **kw})
 
 
-@pytest.mark.parametrize("config", ["vsd", "nfsd", "ssd", "cfd", "dds-edit"])
+@pytest.mark.parametrize("config", ["vsd", "nfsd", "ssd", "cfd", "dds-edit", "sdi", "ism", "csd", "asd", "perpneg",
+                                    "esd"])
 @pytest.mark.parametrize("name", ["sd", "if", "bundled"])
 def test_each_method_runs_one_step_via_build_guidance(tiny_priors, name, config):
     prior = tiny_priors[name]

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_every_method_registers_a_guidance_class_and_its_settings():
     table = registry.methods()
-    assert list(table) == ["cfd", "dds", "nfsd", "sds", "ssd", "vsd"]
+    assert list(table) == ["asd", "cfd", "csd", "dds", "esd", "ism", "nfsd", "perpneg", "sdi", "sds", "ssd", "vsd"]
     for name, spec in table.items():
         assert issubclass(spec.cls, Guidance) and dataclasses.is_dataclass(spec.settings)
         params = inspect.signature(spec.cls).parameters

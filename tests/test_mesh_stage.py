@@ -152,7 +152,7 @@ def test_score_geometry_of_a_mesh_stage(shape, truth, good):
 
 @pytest.mark.slow
 def test_bench_shapes_with_stages(tmp_path):
-    from dream3d.bench_shapes import bench_shapes, format_table
+    from dream3d.bench_shapes import bench_shapes, format_table, run_folder_name
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red cube\n")
@@ -162,7 +162,8 @@ def test_bench_shapes_with_stages(tmp_path):
                         overrides=over, log=lines.append, stages=["nerf", "mesh"])
     assert [r["stage"] for r in rows] == ["nerf", "mesh"]
     assert all(0 <= r["iou"] <= 1 and 0 <= r["silhouette_iou"] <= 1 and r["seconds"] > 0 for r in rows)
-    assert json.loads((tmp_path / "b" / "sds-red-cube-s0-mesh" / "status.json").read_text())["step"] == 2
+    mesh_run = tmp_path / "b" / (run_folder_name("sds", "a red cube", 0, over) + "-mesh")
+    assert json.loads((mesh_run / "status.json").read_text())["step"] == 2
     table = format_table(rows)
     assert "sds    nerf  MEAN" in table and "sds    mesh  MEAN" in table
 

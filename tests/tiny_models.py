@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import string
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -341,6 +342,28 @@ def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-
     return torch.cumprod(1.0 - betas, 0).to(dtype)
 
 
+def randn64(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Standard normal float64 noise of `shape` from its own seeded generator."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def random_targets(shape: tuple[int, ...], *prompts: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One random float64 target x* of `shape` per prompt (for `PointMassPrior` / `GaussianPrior`)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {p: torch.randn(shape, generator=gen).double() for p in prompts}
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads set to n inside the block (one thread: bitwise-reproducible backward passes)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 class PointMassPrior:
     """A pixel prior whose data distribution, given prompt y, is a point mass at x*(y): ε̂(x_t) = (x_t − α x*)/σ.
 
@@ -384,6 +407,30 @@ class PointMassPrior:
 
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         return x0
+
+
+class GaussianPrior(PointMassPrior):
+    """A pixel prior whose data distribution, given prompt y, is N(μ(y), std²·I) (μ: the `targets`, as in
+    `PointMassPrior`); std = 0 is the point mass.
+
+    Its ε-prediction is the exact posterior mean E[ε | x_t]: with x_t = α x0 + σ ε, x0 ~ N(μ, std²I) and
+    ε ~ N(0, I) independent, (ε, x_t) are jointly Gaussian with Cov(ε, x_t) = σI and Var(x_t) = (α²std² + σ²)I, so
+
+        ε̂(x_t) = σ (x_t − α μ) / (α² std² + σ²)      (α² = ᾱ_t, σ² = 1 − ᾱ_t; float64).
+
+    Its probability-flow ODE is solvable: in x̄ = x_t/α, λ = σ/α, x̄(λ) − μ = (x0 − μ)·√(std² + λ²)/std.
+    """
+
+    def __init__(self, targets: dict[str, torch.Tensor], std: float = 0.5, **kw):
+        super().__init__(targets, **kw)
+        self.std = float(std)
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, cameras=None) -> torch.Tensor:
+        self.eps_batches.append(x_t.shape[0])
+        self.cameras_seen.append(cameras)
+        abar = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        mu = emb.reshape(x_t.shape)
+        return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * self.std ** 2 + 1 - abar)
 
 
 class OraclePrior(PointMassPrior):

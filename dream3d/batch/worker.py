@@ -31,7 +31,7 @@ from dream3d.errors import one_line
 
 PROGRESS_EVERY_S = 0.5
 THUMBNAIL_SIZE = 128
-PRIOR_MUTATING_METHODS = ("vsd",)  # VSD adds a LoRA and a hook to the prior's UNet: such jobs load their own
+PRIOR_MUTATING_METHODS = ("vsd", "esd")  # they add a LoRA and a hook to the prior's UNet: such jobs load their own
 _prior_cache: dict[tuple[str, str, str], object] = {}  # this worker's last prior, reused by its next jobs
 
 

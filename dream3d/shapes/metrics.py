@@ -123,3 +123,45 @@ def surface_samples(shape: str, n: int, generator: torch.Generator | None = None
         pts = pts - dist[:, None] * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     idx = torch.randperm(pts.shape[0], generator=generator)[:n]
     return pts[idx]
+
+
+# --- Janus: a front on both sides ------------------------------------------------------------------------------
+#
+# Occupancy grids are indexed [x, y, z] over a grid symmetric about the origin (`grid_points`), y up, the front
+# facing +z (the camera at azimuth 0), so both maps below are exact index flips.
+
+JANUS_MIRROR_MARGIN = 0.5  # a result is front/back symmetric past halfway from the truth's own mirror IoU to 1
+SYMMETRIC_TURN_IOU = 0.99  # a shape whose 180-degree turn overlaps itself this well has no distinct back
+
+
+def turn_180(occ: torch.Tensor) -> torch.Tensor:
+    """The grid (R,R,R) turned 180 degrees about the vertical axis: (x, y, z) -> (-x, y, -z)."""
+    return occ.flip(0).flip(2)
+
+
+def mirror_front_back(occ: torch.Tensor) -> torch.Tensor:
+    """The grid (R,R,R) mirrored front to back: (x, y, z) -> (x, y, -z)."""
+    return occ.flip(2)
+
+
+def has_distinct_back(truth: torch.Tensor) -> bool:
+    """Whether a true occupancy grid differs from its own 180-degree turn (IoU below `SYMMETRIC_TURN_IOU`)."""
+    return volume_iou(truth, turn_180(truth)) < SYMMETRIC_TURN_IOU
+
+
+def janus_scores(occ: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Whether a result's occupancy `occ` (R,R,R) bool shows the Janus failure against the true occupancy `truth`.
+
+    Janus when the truth turned 180 degrees fits better than the truth (IoU), or when the result is its own
+    front/back mirror image beyond the truth: mirror IoU > m + JANUS_MIRROR_MARGIN·(1 − m), m the truth's own
+    mirror IoU (1/3 for the wedge). Returns janus (bool; None when the truth has no distinct back, the 180-degree
+    turn then being the same shape), iou_turned and mirror_iou (floats; None likewise).
+    """
+    if not has_distinct_back(truth):
+        return {"janus": None, "iou_turned": None, "mirror_iou": None}
+    iou_turned = volume_iou(occ, turn_180(truth))
+    own = volume_iou(occ, mirror_front_back(occ))
+    truth_own = volume_iou(truth, mirror_front_back(truth))
+    symmetric = own > truth_own + JANUS_MIRROR_MARGIN * (1.0 - truth_own)
+    return {"janus": bool(iou_turned > volume_iou(occ, truth) or symmetric), "iou_turned": iou_turned,
+            "mirror_iou": own}
