@@ -113,10 +113,11 @@ def test_sdi_gradient_is_the_closed_form_with_exact_inversion():
     lam = _lam(prior, t)
     r = (STD ** 2 + lam ** 2).sqrt()
     expected = (1 - _abar(prior, t)) * (x0 - mu) * (r - STD) / (r * lam)
-    sdi = SDIGuidance(prior, guidance_scale=1.0, inversion_steps=1000, inversion_guidance_scale=1.0, inversion_eta=0.0)
+    sdi = SDIGuidance(prior, guidance_scale=1.0, weighting="sds", inversion_steps=1000, inversion_guidance_scale=1.0,
+                      inversion_eta=0.0)
     g = sdi.grad(x0, t, torch.zeros_like(x0), _batch())
     assert (g - expected).abs().max() < 3e-3 * expected.abs().max()
-    coarse = SDIGuidance(prior, guidance_scale=1.0, inversion_steps=10, inversion_guidance_scale=1.0,
+    coarse = SDIGuidance(prior, guidance_scale=1.0, weighting="sds", inversion_steps=10, inversion_guidance_scale=1.0,
                          inversion_eta=0.0).grad(x0, t, torch.zeros_like(x0), _batch())
     assert (coarse - expected).abs().max() > 30 * (g - expected).abs().max()  # the inversion is what converges
     # the fixed point: the render at the data mean gets no gradient

@@ -19,8 +19,9 @@ Differences, and why:
 - threestudio lands its last inversion step at t + δ, δ ~ U[0, T/n), and then asks the UNet at t with the
   noise level of t + δ; here the last step lands at t, so x_t, κ and the timestep the UNet is told agree (δ only
   jittered t off the inversion grid, which the continuous schedule here never is on).
-- its loss 0.5·mean((x − x̂0)²)/B with x̂0 = (x_t − σ_t ε̂)/α_t is the gradient (σ_t/α_t)(ε̂ − κ)/(C·h·w), i.e. the
-  "lambda" weighting times a constant; dream3d's recipes keep their weighting setting ("lambda" in sd-sdi).
+- its loss 0.5·mean((x − x̂0)²)/B with x̂0 = (x_t − σ_t ε̂)/α_t has the gradient (σ_t/α_t)(ε̂ − κ)/(C·h·w): the
+  "lambda" weighting (the default here and in the recipes) without the constant 1/(C·h·w), which dream3d's loss
+  convention leaves to the learning rate (Adam ignores it).
 - no Perp-Neg (dream3d has it as the `perpneg` method, on SDS).
 - the first inversion step starts from the clean render (ᾱ = 1) asked at timestep 0 (threestudio: timestep
   1 − T/n with ᾱ_0).
@@ -68,14 +69,15 @@ def guided_eps(prior: DiffusionPrior, emb_c: torch.Tensor, emb_u: torch.Tensor, 
 @register("sdi", SDISettings, "score distillation via inversion: the noise comes from DDIM inversion of the "
           "render (Lukoianov et al., arXiv 2405.15891)")
 class SDIGuidance(SDSGuidance):
-    """SDI. Arguments as `SDSGuidance` (guidance_scale defaults to 7.5, t_schedule to "linear" 0.98 → 0.25) plus
-    the `SDISettings` fields."""
+    """SDI. Arguments as `SDSGuidance` (guidance_scale defaults to 7.5, weighting to "lambda", t_schedule to
+    "linear" 0.98 → 0.25) plus the `SDISettings` fields."""
 
-    def __init__(self, prior: DiffusionPrior, guidance_scale: float | None = 7.5, t_min: float = 0.25,
-                 t_schedule: str = "linear", inversion_steps: int = SDISettings.inversion_steps,
+    def __init__(self, prior: DiffusionPrior, guidance_scale: float | None = 7.5, weighting: str = "lambda",
+                 t_min: float = 0.25, t_schedule: str = "linear", inversion_steps: int = SDISettings.inversion_steps,
                  inversion_guidance_scale: float = SDISettings.inversion_guidance_scale,
                  inversion_eta: float = SDISettings.inversion_eta, **kwargs):
-        super().__init__(prior, guidance_scale=guidance_scale, t_min=t_min, t_schedule=t_schedule, **kwargs)
+        super().__init__(prior, guidance_scale=guidance_scale, weighting=weighting, t_min=t_min, t_schedule=t_schedule,
+                         **kwargs)
         if inversion_steps < 1:
             raise ConfigError(f"guidance.sdi.inversion_steps must be >= 1; got {inversion_steps}")
         if inversion_eta < 0:
