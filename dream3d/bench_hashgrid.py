@@ -10,9 +10,9 @@ after a warm-up, with the same inputs and table for every backend.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -20,6 +20,7 @@ from . import native
 from .encoding import HashGridEncoding
 from .system import device_name, device_timer
 from .encoding.backends import tcnn_available
+from .fileio import write_json_atomic
 
 
 def _median_time(fn: Callable[[], object], timer, budget_s: float = 4.0, max_repeats: int = 10) -> float:
@@ -71,8 +72,7 @@ def bench_hashgrid(points: int = 2**18, levels: int = 16, json_path: str | None 
     report = {"backends": results, "points": points, "levels": levels, "device": device_name(dev)}
     print(format_table(report))
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_json_atomic(Path(json_path), report)
     return report
 
 

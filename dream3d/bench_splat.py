@@ -14,14 +14,15 @@ per call is reported (all threads together): on a shared machine it is what a ca
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from dream3d.cameras import orbit_cameras
 from dream3d.errors import Dream3DError
+from dream3d.fileio import write_json_atomic
 from dream3d.render.splat import BACKENDS, cameras_to_splat, cpp_backend, gsplat_backend, rasterize_gaussians
 from dream3d.system import device_name, device_timer
 
@@ -103,8 +104,7 @@ def bench_splat(gaussians: int = 20_000, size: int = 64, views: int = 4, rounds:
               "device": device_name(dev)}
     print(format_table(report))
     if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(report, fh, indent=2)
+        write_json_atomic(Path(json_path), report)
     return report
 
 
