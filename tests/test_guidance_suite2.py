@@ -365,7 +365,7 @@ def test_perpneg_falls_back_to_sds_with_one_notice(caplog):
 # --- ESD -----------------------------------------------------------------------------------------------------------
 
 def test_esd_is_vsd_with_camera_cfg_on_phi(tiny_priors):
-    """g = w(t)(ε̂_pre,s − [λ ε_φ(c) + (1 − λ) ε_φ(∅)]) with φ's two predictions stubbed to known tensors; λ = 1
+    """g = w(t)(ε̂_pre,s − [λ ε_φ(c) + (1 − λ) ε_φ(∅)]) with φ's two predictions replaced by known tensors; λ = 1
     is VSD bit for bit."""
     prior = tiny_priors["sd"]
     s, lam = 3.0, 0.5
