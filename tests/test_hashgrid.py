@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from kernel_support import built_cpu_kernel
 import torch
 
 from dream3d import native
@@ -25,11 +26,7 @@ SMALL = dict(n_levels=6, log2_hashmap_size=12, base_resolution=4, per_level_scal
 @pytest.fixture(scope="module")
 def cpp_ext():
     """The built C++ kernel (built once per machine and cached); a failed build is a test failure."""
-    if native.extensions_disabled():
-        pytest.skip("DREAM3D_NO_EXT is set")
-    ext = native.load("hashgrid", "cpu")
-    assert ext is not None, f"C++ hash-grid kernel did not build: {native.load_error('hashgrid', 'cpu')}"
-    return ext
+    return built_cpu_kernel("hashgrid")
 
 
 def make_pair(backend: str = "cpp", seed: int = 0, value_range: float = 1.0, **kw) -> tuple:

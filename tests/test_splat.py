@@ -7,9 +7,9 @@ import importlib.util
 import math
 
 import pytest
+from kernel_support import built_cpu_kernel
 import torch
 
-from dream3d import native
 from dream3d.cameras import make_cameras
 from dream3d.errors import Dream3DError
 from dream3d.render.splat import (
@@ -205,11 +205,7 @@ def test_compositor_gradients_match_finite_differences_and_fill_means2d_grad():
 @pytest.fixture(scope="module")
 def cpp_kernel():
     """The built C++ splatting kernel (building it is part of the test)."""
-    if native.extensions_disabled():
-        pytest.skip("DREAM3D_NO_EXT is set")
-    module = native.load("splat", "cpu")
-    assert module is not None, f"C++ splatting kernel did not build: {native.load_error('splat', 'cpu')}"
-    return module
+    return built_cpu_kernel("splat")
 
 
 def _outputs(scene: dict, backend: str) -> list[torch.Tensor]:
