@@ -207,3 +207,20 @@ def test_table_reports_the_janus_rate_and_overrides():
     assert by_shape[("sds", "nerf", "MEAN")] == "2/3"
     assert ["sds", "guidance.guidance_scale=5", "nerf", "wedge"] + ["0/1"] in [
         ln.split()[:4] + ln.split()[-1:] for ln in lines]
+
+
+def test_chamfer_in_blocks_equals_the_whole_matrix_and_a_sphere_closed_form():
+    from dream3d.shapes.metrics import chamfer_to_shape, surface_samples
+    from dream3d.shapes.primitives import SPHERE_R
+
+    g = torch.Generator().manual_seed(1)
+    points = torch.randn(5000, 3, generator=g) * 0.4
+    truth = surface_samples("sphere", 20000, torch.Generator().manual_seed(0))
+    d = torch.cdist(points, truth)
+    whole = 0.5 * (d.min(1).values.mean() + d.min(0).values.mean()).item()
+    for chunk in (7, 1000, 8192):
+        assert chamfer_to_shape(points, "sphere", chunk=chunk) == pytest.approx(whole, rel=1e-6, abs=1e-9)
+    # points on a concentric sphere of radius r: both directions are |r - R| up to the truth's sampling
+    dirs = torch.randn(20000, 3, generator=g)
+    on = dirs / dirs.norm(dim=-1, keepdim=True) * (SPHERE_R + 0.05)
+    assert chamfer_to_shape(on, "sphere", chunk=999) == pytest.approx(0.05, abs=0.005)

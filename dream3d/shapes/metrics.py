@@ -98,15 +98,23 @@ def volume_iou(pred: torch.Tensor, truth: torch.Tensor) -> float:
     return (pred & truth).sum().item() / union if union else 1.0
 
 
-def chamfer_to_shape(points: torch.Tensor, shape: str, truth_samples: int = 20000, seed: int = 0) -> float:
+def chamfer_to_shape(points: torch.Tensor, shape: str, truth_samples: int = 20000, seed: int = 0,
+                     chunk: int = 8192) -> float:
     """Symmetric Chamfer distance (mean of both directions, world units) between surface points (N,3) of a
-    result and the true primitive's surface (points sampled on its zero level set)."""
+    result and the true primitive's surface (points sampled on its zero level set); `chunk` points at a time, so
+    memory stays O(chunk x truth_samples) for any N."""
     if points.numel() == 0:
         return float("inf")
     gen = torch.Generator().manual_seed(seed)
     truth = surface_samples(shape, truth_samples, gen)
-    d = torch.cdist(points.float(), truth)
-    return 0.5 * (d.min(1).values.mean() + d.min(0).values.mean()).item()
+    # the distance matrix in blocks of rows: a noisy surface has millions of vertices, whose whole (N, 20000)
+    # matrix would not fit in memory
+    to_truth, to_result = [], torch.full((truth.shape[0],), float("inf"))
+    for block in points.float().split(chunk):
+        d = torch.cdist(block, truth)
+        to_truth.append(d.min(1).values)
+        to_result = torch.minimum(to_result, d.min(0).values)
+    return 0.5 * (torch.cat(to_truth).mean() + to_result.mean()).item()
 
 
 def surface_samples(shape: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
