@@ -44,6 +44,10 @@ def page(app, browser):
     context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
     pg = context.new_page()
     pg.set_default_timeout(30_000)
+    # expect() has its own default of 5 s, which a loaded machine's round trip can exceed
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
     pg.goto(app["url"])
     pg.locator("#generate-btn").wait_for()
     yield pg

@@ -159,6 +159,7 @@ def test_gallery_in_headless_chromium(batch4):
             browser.close()
 
 
+@pytest.mark.timeout(900)  # a local Ray cluster and two workers: over 300 s on a 2-core machine under load
 def test_same_batch_on_local_ray(batch4, tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'dream3d[distributed]')")
     out = tmp_path / "ray"
