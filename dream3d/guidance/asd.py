@@ -33,7 +33,6 @@ from dream3d.guidance.output import distillation_output
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
-from dream3d.guidance.weighting import weight
 from dream3d.priors.protocol import DiffusionPrior
 
 
@@ -79,8 +78,7 @@ class ASDGuidance(SDSGuidance):
         eps = self.prior.eps(torch.cat([x_t, x_t, x_tp]), torch.cat([t, t, t_plus]),
                              torch.cat([emb_c, emb_u, emb_c]), tile_cameras(batch.cameras, 3))
         eps_c, eps_u, eps_later = eps.split(b)
-        view = (-1,) + (1,) * (x.dim() - 1)
-        w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device).view(view)
+        w = self.weight_like(t, x)
         return w * (cfg_combine(eps_u, eps_c, self.guidance_scale) - eps_later)  # ASD gradient
 
     def forward(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:

@@ -28,7 +28,6 @@ import torch
 from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
-from dream3d.guidance.weighting import weight
 from dream3d.priors.protocol import DiffusionPrior
 
 
@@ -59,7 +58,6 @@ class CSDGuidance(SDSGuidance):
         """g = s·w(t)·(ε_c − ε_u) (B,C,h,w), unit length per image when normalizing, for x0 x (B,C,h,w),
         timesteps t (B,) and noise ε like x."""
         _, eps_c, eps_u = self.noisy_branches(x, t, noise, batch)
-        view = (-1,) + (1,) * (x.dim() - 1)
-        w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device).view(view)
+        w = self.weight_like(t, x)
         g = self.guidance_scale * w * (eps_c - eps_u)  # CSD: the classifier term
         return unit_per_sample(g) if self.normalize else g

@@ -27,7 +27,6 @@ from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine, predict_branches, tile_cameras
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
-from dream3d.guidance.weighting import weight
 from dream3d.priors.protocol import DiffusionPrior
 
 
@@ -71,7 +70,6 @@ class DDSGuidance(SDSGuidance):
             x_src = self.prior.encode_images(batch.rgb_source).to(x)
         if x_src.shape != x.shape:
             raise ValueError(f"source {tuple(x_src.shape)} and edited {tuple(x.shape)} images differ in shape")
-        view = (-1,) + (1,) * (x.dim() - 1)
         # same t and ε for both images: x_t = α x + σ ε and x̃_t = α x̃ + σ ε
         x_both = self.diffuse(torch.cat([x, x_src]), t.repeat(2), torch.cat([noise, noise]))
         tgt, neg = self.prompts(batch, b)
@@ -80,5 +78,5 @@ class DDSGuidance(SDSGuidance):
         eps_c, eps_u = predict_branches(self.prior, x_both, t.repeat(2), [cond, enc(neg + neg)],
                                         tile_cameras(batch.cameras, 2))
         eps_tgt, eps_src = cfg_combine(eps_u, eps_c, self.guidance_scale).split(b)  # ε̂_s per image, diffusers CFG
-        w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device).view(view)
+        w = self.weight_like(t, x)
         return w * (eps_tgt - eps_src)  # DDS gradient

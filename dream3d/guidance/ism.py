@@ -38,7 +38,6 @@ from dream3d.guidance.ddim import abar_at, ddim_step, ddim_walk, inversion_path
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
-from dream3d.guidance.weighting import weight
 from dream3d.priors.protocol import DiffusionPrior
 
 
@@ -86,6 +85,5 @@ class ISMGuidance(SDSGuidance):
         _, eps_s, x_t = self.interval(x, t, batch)
         emb_c, emb_u = self.text_embeddings(batch, x.shape[0])
         eps_c, eps_u = predict_branches(self.prior, x_t, t, [emb_c, emb_u], batch.cameras)
-        view = (-1,) + (1,) * (x.dim() - 1)
-        w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device).view(view)
+        w = self.weight_like(t, x)
         return w * (cfg_combine(eps_u, eps_c, self.guidance_scale) - eps_s)  # ISM gradient

@@ -28,7 +28,6 @@ from dream3d.guidance.cfg import cfg_combine, predict_branches
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
-from dream3d.guidance.weighting import weight
 from dream3d.priors.protocol import DiffusionPrior
 
 log = logging.getLogger("dream3d")
@@ -93,6 +92,6 @@ class NFSDGuidance(SDSGuidance):
                 self.prior.encode_text([self.negative(batch)] * b)]
         eps_c, eps_null, eps_neg = predict_branches(self.prior, x_t, t, embs, batch.cameras)
         domain = (t.to(x.device) >= self.threshold_t).to(x.dtype).view(view)  # δ_D switch: 0 if t < t_D
-        w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device).view(view)
+        w = self.weight_like(t, x)
         # NFSD gradient: δ_D + s·δ_C = ε_∅ + s(ε_c − ε_∅) − [t ≥ t_D]·ε_neg
         return w * (cfg_combine(eps_null, eps_c, self.guidance_scale) - domain * eps_neg)

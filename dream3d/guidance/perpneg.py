@@ -47,7 +47,6 @@ from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.cfg import cfg_combine, tile_cameras
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
-from dream3d.guidance.weighting import weight
 from dream3d.priors.protocol import DiffusionPrior
 
 log = logging.getLogger("dream3d")
@@ -149,6 +148,6 @@ class PerpNegGuidance(SDSGuidance):
         push = f[:, 0].view(view) * perpendicular(eps_n0 - eps_u, e_pos) + \
             f[:, 1].view(view) * perpendicular(eps_n1 - eps_u, e_pos)
         eps_hat = cfg_combine(eps_u, eps_pos, self.guidance_scale) - self.guidance_scale * push
-        w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device).view(view)
+        w = self.weight_like(t, x)
         return w * (eps_hat - noise)  # SDS with the Perp-Neg prediction
 

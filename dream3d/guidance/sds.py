@@ -72,9 +72,13 @@ class SDSGuidance(Guidance):
     def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: GuidanceBatch) -> torch.Tensor:
         """g = w(t)·(ε̂_s(x_t) − ε) (B,C,h,w) for x0 x (B,C,h,w), timesteps t (B,) and noise ε like x."""
         x_t, eps_c, eps_u = self.noisy_branches(x, t, noise, batch)
-        view = (-1,) + (1,) * (x.dim() - 1)
+        return self.weight_like(t, x) * (cfg_combine(eps_u, eps_c, self.guidance_scale) - noise)
+
+    def weight_like(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """w(t) of this method's weighting for timesteps t (B,), shaped (B,1,...,1) to scale per-sample tensors like
+        x (B,...), on x's device."""
         w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device)
-        return w.view(view) * (cfg_combine(eps_u, eps_c, self.guidance_scale) - noise)
+        return w.view((-1,) + (1,) * (x.dim() - 1))
 
     def forward(self, rgb: torch.Tensor, batch: GuidanceBatch, step: int) -> GuidanceOut:
         x = self.prior.encode_images(rgb)

@@ -37,7 +37,6 @@ from dream3d.guidance.batch import GuidanceBatch
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
 from dream3d.guidance.timesteps import to_index
-from dream3d.guidance.weighting import weight
 from dream3d.priors.protocol import DiffusionPrior
 
 
@@ -92,5 +91,5 @@ class SSDGuidance(SDSGuidance):
             ratio = h.flatten(1).double().norm(dim=1) / eps_tilde.flatten(1).double().norm(dim=1).clamp_min(1e-30)
             eps_tilde = eps_tilde * ratio.to(x.dtype).view(view)
         high = (t.to(x.device) > self.threshold_t).view(view)  # t > M: mode-disengaging; t ≤ M: mode-seeking
-        w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device).view(view)
+        w = self.weight_like(t, x)
         return w * torch.where(high, h, eps_tilde)

@@ -33,7 +33,6 @@ from dream3d.guidance.lora_phi import PhiModel, camera_input
 from dream3d.guidance.output import distillation_output
 from dream3d.guidance.registry import register
 from dream3d.guidance.sds import SDSGuidance
-from dream3d.guidance.weighting import weight
 from dream3d.priors.protocol import DiffusionPrior
 
 
@@ -95,9 +94,8 @@ class VSDGuidance(SDSGuidance):
     def grad(self, x: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, batch: GuidanceBatch) -> torch.Tensor:
         """g = w(t)·(ε̂_pre,s(x_t) − ε̂_φ(x_t)) (B,C,h,w) for x0 x (B,C,h,w), timesteps t (B,), noise ε like x."""
         x_t, eps_c, eps_u = self.noisy_branches(x, t, noise, batch)  # x_t = α x + σ ε; adapters off
-        view = (-1,) + (1,) * (x.dim() - 1)
         eps_pre = cfg_combine(eps_u, eps_c, self.guidance_scale)  # ε̂_pre,s
-        w = weight(self.weighting, self.prior.alphas_cumprod, t).to(x.device).view(view)
+        w = self.weight_like(t, x)
         return w * (eps_pre - self.phi_eps(x_t, t, batch))  # VSD gradient
 
     # --- φ's update ---------------------------------------------------------------------------------------------
