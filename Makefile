@@ -1,5 +1,6 @@
 # Two entry points do all the set-up on a fresh machine (see README.md):
 #   make run    - create .venv, install dream3d (CPU torch), generate the default prompt with the bundled prior
+#                 (the 3D Gaussian recipe, configs/gaussian.yaml)
 #   make test   - create .venv, install dream3d + test tools, run the test suite (all of it, the slow tests too)
 # The install prints one line per step and pip's output only when something fails.
 PY ?= python3
@@ -59,7 +60,7 @@ $(CACHE)/app-test-deps: pyproject.toml $(BIN)/dream3d
 install: $(BIN)/dream3d
 
 run: $(BIN)/dream3d
-	$(BIN)/dream3d generate "$(PROMPT)"
+	$(BIN)/dream3d generate --config gaussian "$(PROMPT)"
 
 test: $(BIN)/dream3d .cache/node/node_modules/gltf-validator/package.json $(CACHE)/app-test-deps
 	$(BIN)/python -m pytest -q
