@@ -243,8 +243,8 @@ void check_inputs(const at::Tensor& x, const at::Tensor& params, int64_t F, int6
 }
 
 at::Tensor forward(at::Tensor x, at::Tensor params, std::vector<double> scales, std::vector<int64_t> res,
-                      std::vector<int64_t> entries, std::vector<int64_t> offsets, const c10::List<bool>& dense,
-                      int64_t F, bool smoothstep) {
+                   std::vector<int64_t> entries, std::vector<int64_t> offsets, const c10::List<bool>& dense,
+                   int64_t F, bool smoothstep) {
   const auto levels = make_levels(scales, res, entries, offsets, dense);
   check_inputs(x, params, F, total_rows(levels));
   const int64_t n = x.size(0), D = x.size(1), L = static_cast<int64_t>(levels.size());
@@ -258,10 +258,10 @@ at::Tensor forward(at::Tensor x, at::Tensor params, std::vector<double> scales, 
 }
 
 std::vector<at::Tensor> backward(at::Tensor grad_out, at::Tensor x, at::Tensor params,
-                                    std::vector<double> scales, std::vector<int64_t> res,
-                                    std::vector<int64_t> entries, std::vector<int64_t> offsets,
-                                    const c10::List<bool>& dense, int64_t F, bool smoothstep, bool need_params,
-                                    bool need_x) {
+                                 std::vector<double> scales, std::vector<int64_t> res,
+                                 std::vector<int64_t> entries, std::vector<int64_t> offsets,
+                                 const c10::List<bool>& dense, int64_t F, bool smoothstep, bool need_params,
+                                 bool need_x) {
   const auto levels = make_levels(scales, res, entries, offsets, dense);
   check_inputs(x, params, F, total_rows(levels));
   const int64_t n = x.size(0), D = x.size(1), L = static_cast<int64_t>(levels.size());

@@ -269,8 +269,8 @@ void check_inputs(const at::Tensor& m2d, const at::Tensor& con, const at::Tensor
 // Returns image (C,H,W,K), alpha (C,H,W,1), final transmittance (C,H,W), the count of list entries each pixel
 // went through up to its last contributing splat (C,H,W) int32, tile offsets (C*tiles+1) int64 and ids (M) int32.
 std::vector<at::Tensor> forward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
-                                   at::Tensor features, at::Tensor depths, at::Tensor rects, int64_t width,
-                                   int64_t height, int64_t tile, double alpha_min, double alpha_max, double t_min) {
+                                at::Tensor features, at::Tensor depths, at::Tensor rects, int64_t width,
+                                int64_t height, int64_t tile, double alpha_min, double alpha_max, double t_min) {
   check_inputs(means2d, conics, opacities, features, depths, rects);
   const int64_t n_cams = features.size(0), n = features.size(1), k = features.size(2);
   const Rules r = make_rules(width, height, tile, alpha_min, alpha_max, t_min);
@@ -295,10 +295,10 @@ std::vector<at::Tensor> forward(at::Tensor means2d, at::Tensor conics, at::Tenso
 
 // Returns the gradients w.r.t. means2d (C,N,2), conics (C,N,3), opacities per camera (C,N) and features (C,N,K).
 std::vector<at::Tensor> backward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
-                                    at::Tensor features, at::Tensor offsets, at::Tensor ids,
-                                    at::Tensor final_t, at::Tensor last, at::Tensor grad_image,
-                                    at::Tensor grad_alpha, int64_t width, int64_t height, int64_t tile,
-                                    double alpha_min, double alpha_max, double t_min) {
+                                 at::Tensor features, at::Tensor offsets, at::Tensor ids,
+                                 at::Tensor final_t, at::Tensor last, at::Tensor grad_image,
+                                 at::Tensor grad_alpha, int64_t width, int64_t height, int64_t tile,
+                                 double alpha_min, double alpha_max, double t_min) {
   const int64_t n_cams = features.size(0), n = features.size(1), k = features.size(2);
   const Rules r = make_rules(width, height, tile, alpha_min, alpha_max, t_min);
   grad_image = grad_image.contiguous();
